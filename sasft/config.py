@@ -1,0 +1,72 @@
+"""Config helpers: where `conf/` lives, the `${sasft_pkg:...}` resolver, and the checks that
+turn bad input into a clear error before any model is loaded or trained."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE_DIR.parent / "conf"
+
+# Paths inside the installed package (the toy world's data and checkpoints), wherever it lives.
+if not OmegaConf.has_resolver("sasft_pkg"):
+    OmegaConf.register_new_resolver("sasft_pkg", lambda rel: str(PACKAGE_DIR / rel))
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the field."""
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_group_choice(group: str, choice: str) -> None:
+    if choice not in _options(group):
+        raise ConfigError(f"unknown {group} {choice!r}; allowed values: {', '.join(_options(group))}")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Name the allowed values of a config group before Hydra's longer error does."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in ("model", "task", "method", "train", "eval", "generation") and value:
+            check_group_choice(key, value)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check that needs no model weights. Checks needing the model's shape (how many
+    layers it has) run right after loading it, still before any data is generated."""
+    ratio = cfg.mix_ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
+        raise ConfigError(f"mix_ratio must be a finite number >= 0, got {ratio!r}")
+    if ratio < 0:
+        raise ConfigError(f"mix_ratio must be >= 0, got {ratio}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+
+    model = cfg.model
+    if model.get("path"):
+        path = Path(model.path)
+        if not path.exists() and "toy" not in model:
+            raise ConfigError(f"model.path does not exist: {path}")
+        if path.exists() and not (path / "config.json").is_file():
+            raise ConfigError(f"model.path has no config.json, so it is not a model: {path}")
+    elif not model.get("hub_id"):
+        raise ConfigError("model needs a local `path` or a `hub_id`")
+
+    frozen = cfg.method.get("frozen_layers")
+    if frozen is not None and (not isinstance(frozen, int) or frozen < 0):
+        raise ConfigError(f"method.frozen_layers must be an integer >= 0, got {frozen!r}")
+    trainable = cfg.method.get("trainable_layers")
+    if trainable is not None and (not isinstance(trainable, int) or trainable < 0):
+        raise ConfigError(f"method.trainable_layers must be an integer >= 0, got {trainable!r}")
+    if frozen is not None and trainable is not None:
+        raise ConfigError("set method.frozen_layers or method.trainable_layers, not both")
+
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)

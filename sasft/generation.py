@@ -1,0 +1,182 @@
+"""Self-dialogue generation: the model writes whole conversations, user turns included.
+
+The model gets only its chat template's user-turn header and samples a user message (the
+Magpie trick); the message is then put back through the template and the model answers it;
+optionally more turns follow. Generation is batched with the KV cache and left padding, on the
+model's device; cheap filters drop empty, truncated and duplicate dialogues, and count them.
+
+Results are cached on disk under a key made of the model's fingerprint, the generation
+settings, the count and the seed; a file lock makes one process generate while others wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from .data import Dialogue, read_jsonl, write_jsonl
+
+log = logging.getLogger(__name__)
+
+_SENTINEL = "\x00SASFT\x00"
+# Settings that change what is generated; batch size and sample size do not (same seed and
+# sampling), but they are kept out of the key so a bigger batch still finds the cache.
+_KEY_FIELDS = ("num_turns", "temperature", "top_p", "max_new_tokens", "oversample", "max_attempts")
+
+
+class GenerationError(RuntimeError):
+    """Generation could not produce enough usable dialogues within its bounded attempts."""
+
+
+def turn_header(tokenizer, history: Dialogue) -> str:
+    """The text that opens the next user turn after `history`, exactly as the chat template
+    writes it (a system prompt the template adds by default is part of it)."""
+    text = tokenizer.apply_chat_template(
+        history + [{"role": "user", "content": _SENTINEL}], tokenize=False
+    )
+    return text[: text.index(_SENTINEL)]
+
+
+def _stop_ids(model, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    extra = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.no_grad()
+def complete(model, tokenizer, prompts: list[str], cfg) -> list[str | None]:
+    """Sample one turn for each prompt in a single batched call; None where the turn was
+    truncated (no stop token within max_new_tokens)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation appends on the right: pad on the left
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    tokenizer.padding_side = side
+    batch = batch.to(model.device)
+    stop = _stop_ids(model, tokenizer)
+    sampling = cfg.temperature > 0
+    out = model.generate(
+        **batch,
+        do_sample=sampling,
+        temperature=cfg.temperature if sampling else None,
+        top_p=cfg.top_p if sampling else None,
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=stop,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    texts: list[str | None] = []
+    for row in out[:, batch["input_ids"].shape[1]:].tolist():
+        ends = [i for i, t in enumerate(row) if t in stop]
+        texts.append(tokenizer.decode(row[: ends[0]], skip_special_tokens=True).strip()
+                     if ends else None)
+    return texts
+
+
+def generate_batch(model, tokenizer, size: int, cfg) -> tuple[list[Dialogue | None], Counter]:
+    """`size` dialogues of `cfg.num_turns` turns; a dropped one is None, its reason counted."""
+    dialogues: list[Dialogue | None] = [[] for _ in range(size)]
+    drops: Counter = Counter()
+    for _ in range(cfg.num_turns):
+        for role in ("user", "assistant"):
+            alive = [i for i, d in enumerate(dialogues) if d is not None]
+            if not alive:
+                break
+            if role == "user":
+                prompts = [turn_header(tokenizer, dialogues[i]) for i in alive]
+            else:
+                prompts = [
+                    tokenizer.apply_chat_template(dialogues[i], tokenize=False,
+                                                  add_generation_prompt=True)
+                    for i in alive
+                ]
+            for i, text in zip(alive, complete(model, tokenizer, prompts, cfg)):
+                if text is None or not text:
+                    drops["truncated" if text is None else "empty"] += 1
+                    dialogues[i] = None
+                else:
+                    dialogues[i].append({"role": role, "content": text})
+    return dialogues, drops
+
+
+def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int) -> tuple[list, dict]:
+    """Exactly `count` usable, distinct dialogues, or a GenerationError after
+    `cfg.max_attempts` rounds. Returns the dialogues and the filter statistics."""
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    kept: list[Dialogue] = []
+    seen: set[str] = set()
+    stats: Counter = Counter()
+    progress = tqdm(total=count, desc="self-dialogues", unit="dlg")
+    for attempt in range(cfg.max_attempts):
+        todo = math.ceil((count - len(kept)) * cfg.oversample)
+        for start in range(0, todo, cfg.batch_size):
+            batch, drops = generate_batch(model, tokenizer, min(cfg.batch_size, todo - start), cfg)
+            stats.update(drops)
+            stats["generated"] += len(batch)
+            for dialogue in batch:
+                if dialogue is None:
+                    continue
+                key = json.dumps(dialogue)
+                if key in seen:
+                    stats["duplicate"] += 1
+                    continue
+                seen.add(key)
+                if len(kept) < count:
+                    kept.append(dialogue)
+                    progress.update(1)
+            if len(kept) >= count:
+                break
+        stats["rounds"] = attempt + 1
+        if len(kept) >= count:
+            break
+    progress.close()
+    model.train(was_training)
+    if len(kept) < count:
+        raise GenerationError(
+            f"only {len(kept)} usable self-dialogues of the {count} needed after "
+            f"{cfg.max_attempts} rounds (generation.max_attempts); dropped: {dict(stats)}. "
+            "Check the model's chat template, or raise generation.max_new_tokens / temperature."
+        )
+    stats["kept"] = len(kept)
+    return kept, dict(stats)
+
+
+def cache_key(fingerprint: str, count: int, cfg, seed: int) -> str:
+    settings = {k: cfg[k] for k in _KEY_FIELDS}
+    blob = json.dumps({"model": fingerprint, "count": count, "seed": seed, **settings},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_self_dialogues(model, tokenizer, count: int, cfg, seed: int, fingerprint: str,
+                          cache_dir: str | Path) -> tuple[list[Dialogue], dict]:
+    """Self-dialogues from the cache, generated first if absent. The first process to need a
+    key generates it while others wait on the lock; the file appears whole or not at all."""
+    if count == 0:
+        return [], {"kept": 0, "cached": False}
+    path = Path(cache_dir) / "self_dialogues" / f"{cache_key(fingerprint, count, cfg, seed)}.jsonl"
+    meta_path = path.with_suffix(".meta.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file() and meta_path.is_file():
+            log.info("reusing %d cached self-dialogues from %s", count, path)
+            stats = json.loads(meta_path.read_text())["stats"]
+            return [r["messages"] for r in read_jsonl(path)], {**stats, "cached": True}
+        dialogues, stats = generate_self_dialogues(model, tokenizer, count, cfg, seed)
+        write_jsonl(path, [{"messages": d} for d in dialogues])
+        meta = {"model": fingerprint, "count": count, "seed": seed, "stats": stats,
+                "settings": {k: cfg[k] for k in _KEY_FIELDS}}
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        tmp.replace(meta_path)  # written last: its presence marks the entry complete
+        log.info("generated %d self-dialogues (%s) -> %s", count, stats, path)
+        return dialogues, {**stats, "cached": False}

@@ -1,0 +1,90 @@
+"""`results.json`: the record of one finished run, and the interface that sweeps, reports and
+W&B build on. Written atomically, and only when the run is complete.
+
+Schema (version 1):
+    {
+      "schema": 1,
+      "run":    {"model", "task", "method", "mix_ratio", "seed"},
+      "scores": {"<benchmark>": {"base", "final", "delta", "kind": "in_domain" | "general"}},
+      "summary": {"in_domain_base", "in_domain_final", "in_domain_delta",
+                  "general_base", "general_final", "general_delta"},   # general: mean over skills
+      "mix":    {"task": n, "auxiliary": n, "auxiliary_stats": {...}},
+      "history": [...],   # the Trainer's log history (loss, learning rate, in-domain evals)
+      "config": {...},    # the resolved Hydra config
+      "timings": {"<stage>": seconds, "total": seconds},
+      "versions": {"<package>": "<version>"}
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from statistics import fmean
+
+RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 1
+_PACKAGES = ("sasft", "torch", "transformers", "peft", "lm_eval", "hydra-core", "datasets",
+             "accelerate", "wandb", "submitit")
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def score_table(base: dict[str, float], final: dict[str, float], kinds: dict[str, str]) -> dict:
+    return {
+        name: {"base": base[name], "final": final[name], "delta": final[name] - base[name],
+               "kind": kinds[name]}
+        for name in kinds
+    }
+
+
+def summarize(scores: dict) -> dict:
+    summary = {}
+    for kind, prefix in (("in_domain", "in_domain"), ("general", "general")):
+        rows = [s for s in scores.values() if s["kind"] == kind]
+        if rows:
+            for field in ("base", "final", "delta"):
+                summary[f"{prefix}_{field}"] = fmean(r[field] for r in rows)
+    return summary
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)  # readers see the old file or the whole new one, never a part
+
+
+def write_results(run_dir: Path, results: dict) -> Path:
+    path = Path(run_dir) / RESULTS_FILE
+    write_json_atomic(path, {"schema": SCHEMA_VERSION, **results})
+    return path
+
+
+def read_results(run_dir: Path) -> dict | None:
+    """A finished run's results, or None if the run has not completed."""
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def format_table(scores: dict) -> str:
+    lines = [f"{'benchmark':<14} {'kind':<10} {'base':>7} {'final':>7} {'delta':>8}"]
+    for name, s in sorted(scores.items(), key=lambda kv: (kv[1]["kind"] != "in_domain", kv[0])):
+        lines.append(f"{name:<14} {s['kind']:<10} {s['base']:>7.3f} {s['final']:>7.3f} "
+                     f"{s['delta']:>+8.3f}")
+    summary = summarize(scores)
+    if "general_base" in summary:
+        lines.append(f"{'general mean':<14} {'general':<10} {summary['general_base']:>7.3f} "
+                     f"{summary['general_final']:>7.3f} {summary['general_delta']:>+8.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Supervised fine-tuning with transformers' Trainer, identical for every method."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .data import collator, tokenize
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops and records nothing."""
+
+
+class SFTTrainer(Trainer):
+    """The Trainer, with two changes: it stops at once on a non-finite loss instead of
+    training on garbage, and its periodic evaluation is the in-domain benchmark through
+    lm-eval (the paper's Figure 3), logged like any metric: to the history and to trackers."""
+
+    def __init__(self, *args, in_domain_eval=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.in_domain_eval = in_domain_eval
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        metrics = {f"{metric_key_prefix}_in_domain": self.in_domain_eval(self.model)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control,
+                                                         metrics)
+        return metrics
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}; "
+                "lower train.learning_rate or check the data. No results were written."
+            )
+        return loss
+
+
+def tokenized_dataset(tokenizer, mix: list[dict], max_seq_len: int) -> Dataset:
+    rows = [tokenize(tokenizer, item["messages"], max_seq_len) for item in mix]
+    # A dialogue whose assistant part was cut off entirely has nothing to learn from.
+    rows = [r for r in rows if any(label != -100 for label in r["labels"])]
+    return Dataset.from_list(rows)
+
+
+def training_arguments(cfg, output_dir: Path, seed: int, use_cpu: bool,
+                       evaluate: bool) -> TrainingArguments:
+    every = cfg.get("eval_every_steps") or 0
+    return TrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if evaluate and every > 0 else "no",
+        eval_steps=every or None,
+        save_strategy="steps" if cfg.get("save_steps") else "no",
+        save_steps=cfg.get("save_steps") or 500,
+        save_total_limit=2,
+        bf16=cfg.bf16,
+        seed=seed,
+        data_seed=seed,
+        report_to=[],
+        use_cpu=use_cpu,
+        disable_tqdm=not sys.stderr.isatty(),
+        logging_nan_inf_filter=False,  # report a NaN loss as it is
+    )
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete Trainer checkpoint of this run, to resume from after a restart."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = output_dir / "checkpoints"
+    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+
+def train(model, tokenizer, mix: list[dict], cfg, output_dir: Path, seed: int,
+          in_domain_eval=None, callbacks: list[TrainerCallback] = ()) -> list[dict]:
+    """Fine-tune `model` in place on `mix`, resuming from this run's last checkpoint if a
+    previous attempt left one; returns the Trainer's log history. `in_domain_eval(model)`,
+    if given, is scored every `cfg.eval_every_steps` steps."""
+    dataset = tokenized_dataset(tokenizer, mix, cfg.max_seq_len)
+    args = training_arguments(cfg, output_dir, seed, use_cpu=not torch.cuda.is_available(),
+                              evaluate=in_domain_eval is not None)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        # The Trainer insists on an eval set when evaluating; ours runs through lm-eval.
+        eval_dataset=dataset.select(range(1)) if args.eval_strategy != "no" else None,
+        data_collator=collator(tokenizer),
+        callbacks=list(callbacks),
+        in_domain_eval=in_domain_eval,
+    )
+    trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
+    history = trainer.state.log_history
+    if history and not math.isfinite(history[-1].get("train_loss", 0.0)):
+        raise NonFiniteLossError("non-finite mean training loss; no results were written")
+    return history

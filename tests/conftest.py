@@ -1,0 +1,44 @@
+"""Tests compose the real `conf/` tree, shrink it, and call the same function run.py calls."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from sasft.config import CONF_DIR
+
+
+def compose_config(overrides: list[str] = ()) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def shrink(cfg: DictConfig, tmp_path) -> DictConfig:
+    """A few dozen examples, one short epoch, a handful of eval items: seconds, not minutes."""
+    with open_dict(cfg):
+        cfg.cache_dir = str(tmp_path / "cache")
+        cfg.task.max_train_examples = 24
+        cfg.train.epochs = 1
+        cfg.train.batch_size = 8
+        cfg.train.logging_steps = 1
+        cfg.train.save_model = False
+        cfg.eval.limit = 8
+        cfg.generation.batch_size = 32
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """The default config (toy model, sasft), shrunk for tests."""
+    return shrink(compose_config(), tmp_path)
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def _make(*overrides: str) -> DictConfig:
+        return shrink(compose_config(overrides), tmp_path)
+
+    return _make

@@ -1,0 +1,74 @@
+"""Every method end to end on the shrunk toy world, through the function run.py calls."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from omegaconf import open_dict
+from safetensors.torch import load_file
+
+from sasft import generation
+from sasft.pipeline import run_experiment
+from sasft.record import RESULTS_FILE
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("method", ["task_only", "freeze", "ext_mix", "sasft"])
+def test_every_method_runs_end_to_end(make_cfg, tmp_path, method):
+    cfg = make_cfg(f"method={method}", "mix_ratio=0.5")
+    results = run_experiment(cfg, tmp_path / "run")
+
+    on_disk = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
+    assert on_disk["run"] == {"model": "tiny", "task": "shift", "method": method,
+                              "mix_ratio": 0.5, "seed": 0}
+    assert set(on_disk) >= {"scores", "summary", "mix", "config", "timings", "versions"}
+    kinds = {name: s["kind"] for name, s in on_disk["scores"].items()}
+    assert kinds == {"shift": "in_domain", "arithmetic": "general", "reverse": "general",
+                     "uppercase": "general", "capitals": "general"}
+    for s in on_disk["scores"].values():
+        assert 0.0 <= s["base"] <= 1.0 and 0.0 <= s["final"] <= 1.0
+        assert s["delta"] == pytest.approx(s["final"] - s["base"])
+    expected_aux = 12 if method in ("ext_mix", "sasft") else 0
+    assert results["mix"] | {} and results["mix"]["task"] == 24
+    assert results["mix"]["auxiliary"] == expected_aux
+    losses = [h["loss"] for h in results["history"] if "loss" in h]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_self_dialogues_are_cached_and_reused(make_cfg, tmp_path, monkeypatch):
+    cfg = make_cfg("method=sasft", "mix_ratio=1.0")
+    first = run_experiment(cfg, tmp_path / "a")
+    assert first["mix"]["auxiliary_stats"]["cached"] is False
+    assert first["mix"]["base_scores_computed"]  # the first run scores the base model
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again instead of reusing the cache")
+
+    monkeypatch.setattr(generation, "generate_self_dialogues", no_generation)
+    second = run_experiment(cfg, tmp_path / "b")
+    assert second["mix"]["auxiliary_stats"]["cached"] is True
+    assert second["mix"]["base_scores_computed"] == []  # base scores reused too
+    sample = (tmp_path / "b" / "auxiliary_sample.jsonl").read_text().splitlines()
+    assert sample == (tmp_path / "a" / "auxiliary_sample.jsonl").read_text().splitlines()
+
+
+def test_freeze_changes_only_the_trainable_parameters(make_cfg, tmp_path):
+    cfg = make_cfg("method=freeze", "method.trainable_layers=1")
+    with open_dict(cfg):
+        cfg.train.save_model = True
+    run_experiment(cfg, tmp_path / "run")
+    base = load_file(f"{cfg.model.path}/model.safetensors")
+    tuned = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    frozen = [k for k in base if k.startswith(("model.embed_tokens", "model.layers.0.",
+                                               "model.layers.1.", "model.layers.2."))]
+    trainable = [k for k in base if k.startswith(("model.layers.3.", "lm_head"))]
+    assert frozen and trainable
+    for k in frozen:
+        assert torch.equal(base[k], tuned[k]), f"{k} changed although frozen"
+    for k in trainable:
+        if k.endswith("layernorm.weight"):
+            continue  # norms may barely move in one short epoch; the matrices must
+        assert not torch.equal(base[k], tuned[k]), f"{k} did not train"
