@@ -20,23 +20,6 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the field."""
 
 
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def check_group_choice(group: str, choice: str) -> None:
-    if choice not in _options(group):
-        raise ConfigError(f"unknown {group} {choice!r}; allowed values: {', '.join(_options(group))}")
-
-
-def check_overrides(overrides: list[str]) -> None:
-    """Name the allowed values of a config group before Hydra's longer error does."""
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key in ("model", "task", "method", "train", "eval", "generation") and value:
-            check_group_choice(key, value)
-
-
 def validate(cfg: DictConfig) -> None:
     """Every check that needs no model weights. Checks needing the model's shape (how many
     layers it has) run right after loading it, still before any data is generated."""
@@ -57,6 +40,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.path has no config.json, so it is not a model: {path}")
     elif not model.get("hub_id"):
         raise ConfigError("model needs a local `path` or a `hub_id`")
+
+    backend = cfg.generation.get("backend", "hf")
+    if backend not in ("hf", "vllm"):
+        raise ConfigError(f"generation.backend must be one of hf, vllm; got {backend!r}")
 
     frozen = cfg.method.get("frozen_layers")
     if frozen is not None and (not isinstance(frozen, int) or frozen < 0):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 from transformers import DataCollatorForSeq2Seq
@@ -22,7 +23,7 @@ class DataError(ValueError):
     """A data file that cannot be used; the message names the file and line."""
 
 
-def _check_record(record, where: str) -> None:
+def check_record(record, where: str) -> None:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if "messages" in record:
@@ -60,7 +61,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: malformed JSON ({e.msg})") from None
-            _check_record(record, where)
+            check_record(record, where)
             records.append(record)
     if not records:
         raise DataError(f"data file is empty: {path}")
@@ -95,10 +96,50 @@ def build_mix(task: list[Dialogue], auxiliary: list[Dialogue], seed: int) -> lis
     return mix
 
 
+# `{% generation %}` blocks let the template itself mark assistant tokens. The toy template has
+# them; the templates real models ship with (Llama-3.x, Qwen2.5) do not.
+_GENERATION_BLOCK = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def _assistant_char_spans(tokenizer, dialogue: Dialogue) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered dialogue and the character span of each assistant turn, found by
+    rendering prefixes: turn i spans from the end of `dialogue[:i]` plus the assistant header
+    to the end of `dialogue[:i+1]`, so it includes the end-of-turn token the model must learn
+    to emit. Needs a template whose render of a prefix is a prefix of the whole render (true
+    of Llama-3.x, Qwen2.5 and ChatML templates); any other fails loudly, never silently."""
+    def render(messages, generation_prompt=False):
+        return tokenizer.apply_chat_template(messages, tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+
+    text = render(dialogue)
+    spans = []
+    for i, message in enumerate(dialogue):
+        if message["role"] != "assistant":
+            continue
+        start, end = render(dialogue[:i], True), render(dialogue[: i + 1])
+        if not (text.startswith(end) and end.startswith(start)):
+            raise DataError(
+                "the chat template renders a conversation prefix differently from the start of "
+                "the whole conversation, so assistant tokens cannot be located; add "
+                "{% generation %} blocks around assistant content in the template"
+            )
+        spans.append((len(start), len(end)))
+    return text, spans
+
+
 def tokenize(tokenizer, dialogue: Dialogue, max_length: int, assistant_only: bool = True) -> dict:
     """Token ids and labels through the tokenizer's own chat template. With `assistant_only`,
     the loss falls on assistant tokens alone (the SFT convention); without it, on every token
     (how the toy base models are pretrained, so they can also write user turns)."""
+    if assistant_only and not _GENERATION_BLOCK.search(tokenizer.chat_template or ""):
+        text, spans = _assistant_char_spans(tokenizer, dialogue)
+        # The template already holds the special tokens (BOS, headers): add none of our own.
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                        truncation=True, max_length=max_length)
+        ids = list(enc["input_ids"])
+        labels = [t if any(s <= start < e for s, e in spans) else -100
+                  for t, (start, _) in zip(ids, enc["offset_mapping"])]
+        return {"input_ids": ids, "labels": labels}
     enc = tokenizer.apply_chat_template(
         dialogue,
         tokenize=True,

@@ -1,23 +1,33 @@
 """Benchmarks through lm-eval, on the model held in memory.
 
 A benchmark spec (from `conf/eval/*.yaml` or a task's `benchmark:` block) is one of
-  - a task from lm-eval's own registry:   {lm_eval_task: mmlu, metric: acc, num_fewshot: 5}
+  - a task or group from lm-eval's own registry:
+        {lm_eval_task: mmlu, metric: acc, num_fewshot: 5}
+    `metric` names the reported number (a group's aggregate for a group), with lm-eval's filter
+    after a comma where the task has several ("exact_match,flexible-extract"; default "none").
   - a local JSONL file, which this module turns into an lm-eval task config:
-        {file: test.jsonl, output_type: generate_until, target: answer, answer_regex: "..."}
+        {file: test.jsonl, output_type: generate_until, target: answer, answer_regex: "...",
+         metric: exact_match | rougeL | chrf, regexes_to_ignore: [","], max_gen_toks: 256}
         {file: test.jsonl, output_type: multiple_choice}   (fields "choices" and "label")
-Every benchmark is run with the model's chat template, as the model is used.
+Any spec may set `num_fewshot` (lm-eval's default for a registry task otherwise; 0 for a local
+file). Every benchmark is run with the model's chat template, as the model is used, and every
+score is in [0, 1] (chrF, which lm-eval reports out of 100, is divided by 100).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .config import ConfigError
 from .data import read_jsonl
 from .record import write_json_atomic
 
@@ -28,8 +38,40 @@ for _name in ("lm_eval", "lm-eval", "lm_eval.api.task", "lm_eval.evaluator"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 
+def _plain(value):
+    """A spec value as plain Python (lm-eval's task config chokes on OmegaConf containers)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def rougeL(references: list[str], predictions: list[str]) -> float:  # noqa: N802 (its result key)
+    """ROUGE-L F-measure of one prediction against its reference, with Google's rouge_score
+    (the implementation HF `evaluate` wraps): lowercased, split on non-alphanumerics, no
+    stemming. lm-eval names the metric after this function."""
+    return _rouge_scorer().score(references[0], predictions[0])["rougeL"].fmeasure
+
+
+@functools.lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+# Metrics of a local generative benchmark, as lm-eval metric_list entries. exact_match and chrF
+# are lm-eval's own; ROUGE-L is not in its registry, so it is passed as a function.
+_GENERATIVE_METRICS = {
+    "exact_match": {"metric": "exact_match", "aggregation": "mean", "higher_is_better": True},
+    "rougeL": {"metric": rougeL, "aggregation": "mean", "higher_is_better": True},
+    "chrf": {"metric": "chrf", "aggregation": "chrf", "higher_is_better": True},
+}
+_SCALE = {"chrf": 0.01}  # lm-eval reports chrF out of 100
+
+
 def local_task_config(name: str, spec: dict, eos: str) -> dict:
     """An lm-eval task config over a local JSONL file (validated here, with line numbers)."""
+    spec = {k: _plain(v) for k, v in spec.items()}
     read_jsonl(spec["file"])
     config: dict[str, Any] = {
         "task": f"sasft_{name}",
@@ -48,6 +90,16 @@ def local_task_config(name: str, spec: dict, eos: str) -> dict:
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         }
         return config
+    metric = spec.get("metric", "exact_match")
+    if metric not in _GENERATIVE_METRICS:
+        raise ConfigError(f"benchmark {name}: metric {metric!r} is not one of "
+                          f"{', '.join(_GENERATIVE_METRICS)}")
+    entry = dict(_GENERATIVE_METRICS[metric])
+    if metric == "exact_match":
+        entry |= {"ignore_case": spec.get("ignore_case", False), "ignore_punctuation": False}
+        if spec.get("regexes_to_ignore"):
+            # Deleted from prediction and reference alike: "1,000" == "1000", "$5" == "5".
+            entry["regexes_to_ignore"] = list(spec["regexes_to_ignore"])
     config |= {
         "output_type": "generate_until",
         "doc_to_target": "{{" + spec.get("target", "response") + "}}",
@@ -56,23 +108,17 @@ def local_task_config(name: str, spec: dict, eos: str) -> dict:
             "max_gen_toks": spec.get("max_gen_toks", 64),
             "do_sample": False,
         },
-        "metric_list": [
-            {
-                "metric": "exact_match",
-                "aggregation": "mean",
-                "higher_is_better": True,
-                "ignore_case": spec.get("ignore_case", False),
-                "ignore_punctuation": False,
-            }
-        ],
+        "metric_list": [entry],
     }
     if spec.get("answer_regex"):
-        # Score the answer, not the phrasing around it (as GSM8K's flexible-extract does).
+        # Score the answer, not the phrasing around it (as GSM8K's flexible-extract does); by
+        # default the last match, where a worked solution puts its final answer.
         config["filter_list"] = [
             {
                 "name": "extract",
                 "filter": [
-                    {"function": "regex", "regex_pattern": spec["answer_regex"], "group_select": -1},
+                    {"function": "regex", "regex_pattern": spec["answer_regex"],
+                     "group_select": spec.get("group_select", -1)},
                     {"function": "take_first"},
                 ],
             }
@@ -84,25 +130,89 @@ def local_task_config(name: str, spec: dict, eos: str) -> dict:
     return config
 
 
-def _metric_key(spec: dict, config: dict | str) -> str:
-    if "metric" in spec:
-        return spec["metric"]
-    if isinstance(config, dict) and config["output_type"] == "multiple_choice":
+def _metric_key(spec: dict) -> str:
+    """The key of the reported number in lm-eval's results: "<metric>,<filter>"."""
+    if spec.get("lm_eval_task"):
+        metric = spec.get("metric", "acc")
+        return metric if "," in metric else f"{metric},none"
+    if spec.get("output_type", "generate_until") == "multiple_choice":
         return "acc,none"
-    return "exact_match,extract"
+    return f"{spec.get('metric', 'exact_match')},extract"
+
+
+@functools.lru_cache(maxsize=1)
+def _task_manager():
+    """lm-eval's task index (a scan of its task YAMLs, seconds): built once per process, not
+    at every in-domain evaluation during training."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def build_tasks(benchmarks: dict[str, dict], eos: str) -> tuple[list, dict[str, str]]:
+    """lm-eval Task/Group objects for the benchmarks, with each spec's num_fewshot set on every
+    task it holds, and the name each benchmark's results are reported under. (lm-eval 0.4.13's
+    simple_evaluate takes one num_fewshot for all tasks, and a config dict naming a registered
+    task is not merged with the registered config; setting it on the built tasks is what
+    simple_evaluate itself does, and it keeps values already set.)"""
+    manager = _task_manager()
+    objects, result_names = [], {}
+    for name, spec in benchmarks.items():
+        if spec.get("lm_eval_task"):
+            top = spec["lm_eval_task"]
+            loaded = manager.load(top)
+        else:
+            config = local_task_config(name, spec, eos)
+            top = config["task"]
+            loaded = manager.load(config)
+        if spec.get("num_fewshot") is not None:
+            for task in loaded["tasks"].values():
+                task.set_config(key="num_fewshot", value=int(spec["num_fewshot"]))
+        if top in loaded["groups"]:
+            objects.append(loaded["groups"][top])
+        elif top in loaded["tasks"]:
+            objects.append(loaded["tasks"][top])
+        else:
+            raise ConfigError(f"benchmark {name}: lm-eval's {top!r} is a tag, which reports no "
+                              "single score; name a task or a group")
+        result_names[name] = top
+    return objects, result_names
+
+
+def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, float]:
+    """Score an lm-eval LM on each benchmark; returns {benchmark name: score in [0, 1]}."""
+    import lm_eval
+
+    objects, result_names = build_tasks(benchmarks, eos)
+    seed = cfg.get("seed", 0)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=objects,
+        task_manager=_task_manager(),
+        limit=cfg.get("limit"),
+        apply_chat_template=True,
+        fewshot_as_multiturn=True,  # few-shot examples as earlier chat turns
+        log_samples=False,
+        bootstrap_iters=0,
+        verbosity="ERROR",
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    scores = {}
+    for name, top in result_names.items():
+        key, result = _metric_key(benchmarks[name]), out["results"][top]
+        if key not in result:
+            raise ConfigError(f"benchmark {name}: lm-eval reports no {key!r} for {top}; it "
+                              f"reports {sorted(k for k in result if ',' in k)}")
+        scores[name] = float(result[key]) * _SCALE.get(key.split(",")[0], 1.0)
+    return scores
 
 
 def evaluate(model, tokenizer, benchmarks: dict[str, dict], cfg) -> dict[str, float]:
     """Score `model` on each benchmark; returns {benchmark name: score in [0, 1]}."""
-    import lm_eval
     from lm_eval.models.huggingface import HFLM
-
-    configs = {}
-    for name, spec in benchmarks.items():
-        if spec.get("lm_eval_task"):
-            configs[name] = spec["lm_eval_task"]
-        else:
-            configs[name] = local_task_config(name, spec, tokenizer.eos_token)
 
     lm = HFLM(
         pretrained=model,
@@ -112,31 +222,26 @@ def evaluate(model, tokenizer, benchmarks: dict[str, dict], cfg) -> dict[str, fl
         device=str(model.device),
     )
     was_training = model.training
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(configs.values()),
-        limit=cfg.get("limit"),
-        apply_chat_template=True,
-        log_samples=False,
-        bootstrap_iters=0,
-        verbosity="ERROR",
-        random_seed=cfg.get("seed", 0),
-        numpy_random_seed=cfg.get("seed", 0),
-        torch_random_seed=cfg.get("seed", 0),
-        fewshot_random_seed=cfg.get("seed", 0),
-    )
-    model.train(was_training)
-    scores = {}
-    for name, config in configs.items():
-        task_name = config["task"] if isinstance(config, dict) else config
-        result = out["results"][task_name]
-        scores[name] = float(result[_metric_key(benchmarks[name], config)])
-    return scores
+    try:
+        return run_benchmarks(lm, benchmarks, cfg, tokenizer.eos_token)
+    finally:
+        model.train(was_training)
+
+
+# Eval settings that change a score; batch sizes do not (beyond numerical noise).
+_EVAL_KEYS = ("limit", "seed")
 
 
 def _base_key(fingerprint: str, name: str, spec: dict, cfg) -> str:
+    """Everything a base score depends on: the model, the whole spec (num_fewshot, metric,
+    extraction, ...), the eval settings (limit, seed), the bytes of a local test file (an edited
+    file is another benchmark) and lm-eval's version (its registry tasks change by release)."""
+    spec = {k: _plain(v) for k, v in spec.items()}
+    file = spec.get("file")
+    digest = hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
     blob = json.dumps({"model": fingerprint, "name": name, "spec": spec,
-                       "limit": cfg.get("limit"), "seed": cfg.get("seed", 0)},
+                       **{k: cfg.get(k) for k in _EVAL_KEYS}, "file_digest": digest,
+                       "lm_eval": metadata.version("lm_eval")},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

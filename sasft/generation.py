@@ -5,6 +5,11 @@ Magpie trick); the message is then put back through the template and the model a
 optionally more turns follow. Generation is batched with the KV cache and left padding, on the
 model's device; cheap filters drop empty, truncated and duplicate dialogues, and count them.
 
+Two backends sample the turns (`generation.backend`): `hf` (transformers' `generate` on the model
+in memory, the default) and `vllm` (a vLLM engine over the same checkpoint, for GPUs; installed
+with `pip install -e .[vllm]` and imported only when chosen). Both take the same prompts and
+return the same turns, so the dialogue format and the filters do not depend on the backend.
+
 Results are cached on disk under a key made of the model's fingerprint, the generation
 settings, the count and the seed; a file lock makes one process generate while others wait.
 """
@@ -16,6 +21,7 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,9 +33,16 @@ from .data import Dialogue, read_jsonl, write_jsonl
 log = logging.getLogger(__name__)
 
 _SENTINEL = "\x00SASFT\x00"
-# Settings that change what is generated; batch size and sample size do not (same seed and
-# sampling), but they are kept out of the key so a bigger batch still finds the cache.
-_KEY_FIELDS = ("num_turns", "temperature", "top_p", "max_new_tokens", "oversample", "max_attempts")
+# Settings that change the distribution the dialogues are drawn from. Batch size and backend
+# only change which random draws come out (the sampler consumes the RNG in another order), not
+# the distribution, so they are kept out of the key: a bigger batch, or vLLM on a GPU, still
+# finds the cache. The meta file records which of them produced an entry.
+_KEY_FIELDS = ("num_turns", "temperature", "top_p", "top_k", "max_new_tokens", "oversample",
+               "max_attempts")
+BACKENDS = ("hf", "vllm")
+
+# One turn for each prompt (None where truncated); adds the tokens it generated to stats["tokens"].
+Sampler = Callable[[list[str], Counter], list["str | None"]]
 
 
 class GenerationError(RuntimeError):
@@ -52,10 +65,13 @@ def _stop_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-@torch.no_grad()
-def complete(model, tokenizer, prompts: list[str], cfg) -> list[str | None]:
+@torch.inference_mode()
+def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = None
+             ) -> list[str | None]:
     """Sample one turn for each prompt in a single batched call; None where the turn was
-    truncated (no stop token within max_new_tokens)."""
+    truncated (no stop token within max_new_tokens). A row that has stopped is padded while the
+    others go on, and the call ends when every row has stopped. Adds the number of tokens
+    generated (up to each row's stop token) to `stats["tokens"]`."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right: pad on the left
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -68,20 +84,94 @@ def complete(model, tokenizer, prompts: list[str], cfg) -> list[str | None]:
         do_sample=sampling,
         temperature=cfg.temperature if sampling else None,
         top_p=cfg.top_p if sampling else None,
+        top_k=cfg.top_k if sampling else None,
         max_new_tokens=cfg.max_new_tokens,
         eos_token_id=stop,
         pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,  # whatever the checkpoint's config says: each step runs the new token only
     )
     texts: list[str | None] = []
+    generated = 0
     for row in out[:, batch["input_ids"].shape[1]:].tolist():
-        ends = [i for i, t in enumerate(row) if t in stop]
-        texts.append(tokenizer.decode(row[: ends[0]], skip_special_tokens=True).strip()
-                     if ends else None)
+        end = next((i for i, t in enumerate(row) if t in stop), None)
+        generated += len(row) if end is None else end + 1
+        texts.append(None if end is None
+                     else tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+    if stats is not None:
+        stats["tokens"] += generated
     return texts
 
 
-def generate_batch(model, tokenizer, size: int, cfg) -> tuple[list[Dialogue | None], Counter]:
-    """`size` dialogues of `cfg.num_turns` turns; a dropped one is None, its reason counted."""
+def hf_sampler(model, tokenizer, cfg) -> Sampler:
+    """Turns from transformers' `generate` on the loaded model (`complete`)."""
+    return lambda prompts, stats: complete(model, tokenizer, prompts, cfg, stats)
+
+
+def vllm_sampler(model, tokenizer, cfg, seed: int) -> Sampler:
+    """The same turns through a vLLM engine over the checkpoint `model` was loaded from (it
+    must be the base model, unchanged: generation runs before training). Prompts go in as the
+    token ids the hf backend uses, and the tokens come back decoded by the same tokenizer, so
+    the turns have the same form; a turn that ends by length is None, as in `complete`."""
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as e:
+        raise GenerationError(
+            "generation.backend=vllm needs vLLM: pip install -e '.[vllm]' (on a CUDA machine), "
+            f"or use generation.backend=hf ({e})"
+        ) from None
+    stop = _stop_ids(model, tokenizer)
+    llm = LLM(
+        model=model.name_or_path,  # the directory or hub id the in-memory model came from
+        tokenizer=model.name_or_path,
+        revision=getattr(model.config, "_commit_hash", None),  # the hub commit hf loaded, if any
+        seed=seed,
+        dtype=str(model.dtype).removeprefix("torch."),
+        # The loaded model stays on the same GPU and trains next: leave it its share.
+        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+    )
+    sampling = cfg.temperature > 0
+    params = SamplingParams(
+        temperature=cfg.temperature if sampling else 0.0,  # 0: greedy, as in `complete`
+        top_p=cfg.top_p if sampling else 1.0,
+        top_k=(cfg.top_k or -1) if sampling else -1,  # vLLM's "no top-k" is -1
+        max_tokens=cfg.max_new_tokens,
+        stop_token_ids=stop,
+    )
+
+    def sample(prompts: list[str], stats: Counter) -> list[str | None]:
+        ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        texts: list[str | None] = []
+        for request in llm.generate([{"prompt_token_ids": p} for p in ids], params,
+                                    use_tqdm=False):
+            turn = request.outputs[0]
+            tokens = list(turn.token_ids)
+            stats["tokens"] += len(tokens)
+            if turn.finish_reason != "stop":
+                texts.append(None)
+                continue
+            if tokens and tokens[-1] in stop:
+                tokens.pop()
+            texts.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+        return texts
+
+    return sample
+
+
+def make_sampler(model, tokenizer, cfg, seed: int) -> tuple[Sampler, int | None]:
+    """The configured backend's sampler, and how many dialogues to hand it at once: the hf
+    backend pads a batch of `cfg.batch_size`; vLLM schedules its own batches, so it gets all."""
+    backend = cfg.backend
+    if backend == "hf":
+        return hf_sampler(model, tokenizer, cfg), cfg.batch_size
+    if backend == "vllm":
+        return vllm_sampler(model, tokenizer, cfg, seed), None
+    raise GenerationError(f"unknown generation.backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+
+
+def generate_batch(sample: Sampler, tokenizer, size: int, cfg
+                   ) -> tuple[list[Dialogue | None], Counter]:
+    """`size` dialogues of `cfg.num_turns` turns; a dropped one is None, its reason counted
+    (and the tokens generated, under "tokens")."""
     dialogues: list[Dialogue | None] = [[] for _ in range(size)]
     drops: Counter = Counter()
     for _ in range(cfg.num_turns):
@@ -97,7 +187,7 @@ def generate_batch(model, tokenizer, size: int, cfg) -> tuple[list[Dialogue | No
                                                   add_generation_prompt=True)
                     for i in alive
                 ]
-            for i, text in zip(alive, complete(model, tokenizer, prompts, cfg)):
+            for i, text in zip(alive, sample(prompts, drops)):
                 if text is None or not text:
                     drops["truncated" if text is None else "empty"] += 1
                     dialogues[i] = None
@@ -112,14 +202,16 @@ def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int) -> tup
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
+    sample, batch_size = make_sampler(model, tokenizer, cfg, seed)
     kept: list[Dialogue] = []
     seen: set[str] = set()
     stats: Counter = Counter()
     progress = tqdm(total=count, desc="self-dialogues", unit="dlg")
     for attempt in range(cfg.max_attempts):
         todo = math.ceil((count - len(kept)) * cfg.oversample)
-        for start in range(0, todo, cfg.batch_size):
-            batch, drops = generate_batch(model, tokenizer, min(cfg.batch_size, todo - start), cfg)
+        step = batch_size or todo
+        for start in range(0, todo, step):
+            batch, drops = generate_batch(sample, tokenizer, min(step, todo - start), cfg)
             stats.update(drops)
             stats["generated"] += len(batch)
             for dialogue in batch:
@@ -174,7 +266,8 @@ def cached_self_dialogues(model, tokenizer, count: int, cfg, seed: int, fingerpr
         dialogues, stats = generate_self_dialogues(model, tokenizer, count, cfg, seed)
         write_jsonl(path, [{"messages": d} for d in dialogues])
         meta = {"model": fingerprint, "count": count, "seed": seed, "stats": stats,
-                "settings": {k: cfg[k] for k in _KEY_FIELDS}}
+                "settings": {k: cfg[k] for k in _KEY_FIELDS},
+                "produced_by": {"backend": cfg.backend, "batch_size": cfg.batch_size}}
         tmp = meta_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(meta, indent=2))
         tmp.replace(meta_path)  # written last: its presence marks the entry complete

@@ -1,5 +1,6 @@
 """Loading a chat model and its tokenizer, from a local directory or a hub id, and naming it.
 
+`model.path` (a local directory) wins over `model.hub_id`; `model.revision` pins a hub commit.
 The toy models load exactly like hub models: `from_pretrained` on a directory. The only toy
 special case is that a missing toy checkpoint is built (pretrained) first.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -32,34 +34,72 @@ def model_source(cfg) -> str:
     return cfg.hub_id
 
 
+def _hub_kwargs(cfg) -> dict:
+    """Arguments every `from_pretrained` call shares. A revision means something only for a
+    hub id; remote code runs only when the user opted in (`model.trust_remote_code=true`)."""
+    kwargs = {"trust_remote_code": cfg.trust_remote_code}
+    if not cfg.get("path") and cfg.get("revision"):
+        kwargs["revision"] = cfg.revision
+    return kwargs
+
+
+def load_tokenizer(cfg):
+    """The model's own tokenizer and chat template; a model without a chat template is
+    refused here, before any weights are read (SA-SFT needs the model's own chat format)."""
+    source = model_source(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(source, **_hub_kwargs(cfg))
+    if not tokenizer.chat_template:
+        raise ConfigError(
+            f"model {cfg.name} ({source}) has no chat template; SA-SFT needs a chat (instruct) "
+            "model. Use the -Instruct checkpoint, or add a chat_template to its tokenizer."
+        )
+    if tokenizer.pad_token is None:  # Llama-style tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_config(cfg):
     """The architecture alone (no weights): enough to check layer counts early. A toy model
-    not built yet is described by its spec, so checking never triggers a build."""
-    if "toy" in cfg and not (Path(cfg.path) / "config.json").is_file():
-        return AutoConfig.for_model(cfg.toy.architecture, **cfg.toy.config)
-    return AutoConfig.from_pretrained(model_source(cfg), trust_remote_code=cfg.trust_remote_code)
+    not built yet is described by its spec, so checking never triggers a build. For any other
+    model the tokenizer is checked here too, so a model without a chat template fails with
+    the other early checks, before the task data, the weights or the benchmarks are loaded."""
+    if "toy" in cfg:
+        if not (Path(cfg.path) / "config.json").is_file():
+            return AutoConfig.for_model(cfg.toy.architecture, **cfg.toy.config)
+    else:
+        load_tokenizer(cfg)
+    return AutoConfig.from_pretrained(model_source(cfg), **_hub_kwargs(cfg))
+
+
+def _device() -> torch.device | None:
+    """This process's GPU: under torchrun / accelerate launch each rank takes the GPU named
+    by LOCAL_RANK (all ranks on cuda:0 would load N copies of the weights onto one card)."""
+    if not torch.cuda.is_available():
+        return None
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def load_model(cfg):
     source = model_source(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    if not tokenizer.chat_template:
-        raise ConfigError(
-            f"model {cfg.name} ({source}) has no chat template; SA-SFT needs a chat model"
-        )
-    if tokenizer.pad_token is None:  # Llama-style tokenizers ship without one
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(cfg)
     model = AutoModelForCausalLM.from_pretrained(
         source,
         dtype=getattr(torch, cfg.dtype),
         attn_implementation=cfg.attn_implementation,
-        trust_remote_code=cfg.trust_remote_code,
+        **_hub_kwargs(cfg),
     )
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant checkpointing (transformers' default) lets gradients reach trainable
+        # layers above frozen embeddings (freeze) and LoRA adapters on frozen weights.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable()
+        else:  # transformers before the rename
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if torch.cuda.is_available():
-        model.to("cuda")
+    if (device := _device()) is not None:
+        model.to(device)
     return model, tokenizer
 
 
@@ -73,12 +113,28 @@ def decoder_layers(model) -> torch.nn.ModuleList:
     return layers
 
 
+def hub_commit(cfg) -> str:
+    """The commit a hub model was loaded from: read from the local HF cache (no network), so
+    an unpinned model that moves on the hub gets a new fingerprint instead of reusing stale
+    base scores and self-dialogues. Falls back to the configured revision."""
+    revision = cfg.get("revision") or "main"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(cfg.hub_id, "config.json", revision=revision)
+    except Exception:  # an unusual cache layout must not stop a run; the revision still names it
+        cached = None
+    if isinstance(cached, str):  # .../snapshots/<commit sha>/config.json
+        return Path(cached).parent.name
+    return revision
+
+
 def fingerprint(cfg) -> str:
     """A short id of the model's weights and tokenizer, for keys of cached artifacts.
     Local files are hashed by size and their first and last MiB (cheap even for 16 GB of
-    weights); a hub model is named by id and revision."""
+    weights); a hub model is named by id and the commit it was loaded from."""
     if not cfg.get("path"):
-        return hashlib.sha256(f"{cfg.hub_id}@{cfg.get('revision', 'main')}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{cfg.hub_id}@{hub_commit(cfg)}".encode()).hexdigest()[:16]
     digest = hashlib.sha256()
     for f in sorted(Path(cfg.path).iterdir()):
         if not f.is_file():

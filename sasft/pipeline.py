@@ -5,6 +5,7 @@ what is trainable. Works with or without Hydra: pass any config composed from `c
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,10 +16,12 @@ from transformers import set_seed
 
 from . import record
 from .config import ConfigError, resolved, validate
-from .data import build_mix, read_jsonl, to_dialogue, write_jsonl
+from .adapters import apply_peft
+from .data import build_mix, read_jsonl, write_jsonl
 from .evaluate import cached_base_scores, evaluate
 from .method import MixContext
 from .model import fingerprint, load_config, load_model
+from .task import load_task
 from .train import train
 
 log = logging.getLogger(__name__)
@@ -40,13 +43,6 @@ def benchmarks_of(cfg: DictConfig) -> tuple[dict[str, dict], dict[str, str]]:
             raise ConfigError(f"eval.general.{name} has the same name as the task")
         specs[name], kinds[name] = dict(spec), "general"
     return specs, kinds
-
-
-def load_task(cfg) -> list:
-    records = read_jsonl(cfg.train_file)
-    if cfg.get("max_train_examples"):
-        records = records[: cfg.max_train_examples]
-    return [to_dialogue(r) for r in records]
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
@@ -87,8 +83,11 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
 
     # 4. Train: the method decides what is trainable; everything else is shared.
     method.select_trainable(model)
-    task_bench = {cfg.task.name: benchmarks[cfg.task.name]}
-    in_domain_eval = lambda m: evaluate(m, tokenizer, task_bench, cfg.eval)[cfg.task.name]  # noqa: E731
+    model = apply_peft(model, cfg.get("peft"), method)  # LoRA adapters, if any, where it trains
+
+    def in_domain_eval(m) -> float:  # the paper's Figure 3: in-domain score during training
+        return evaluate(m, tokenizer, {cfg.task.name: benchmarks[cfg.task.name]}, cfg.eval)[cfg.task.name]
+
     with _timed(timings, "train"):
         history = train(model, tokenizer, mix, cfg.train, run_dir, cfg.seed,
                         in_domain_eval=in_domain_eval, callbacks=callbacks)
@@ -105,7 +104,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     scores = record.score_table(base, final, kinds)
     results = {
         "run": {"model": cfg.model.name, "task": cfg.task.name, "method": method.name,
-                "mix_ratio": cfg.mix_ratio, "seed": cfg.seed},
+                "mix_ratio": cfg.mix_ratio, "seed": cfg.seed, "mixes_data": method.mixes_data,
+                "peft": cfg.peft.name if cfg.get("peft") else "full"},
         "scores": scores,
         "summary": record.summarize(scores),
         "mix": {"task": len(task_data), "auxiliary": len(auxiliary), "auxiliary_stats": aux_stats,
@@ -115,5 +115,6 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
         "timings": timings,
         "versions": record.versions(),
     }
-    record.write_results(run_dir, results)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun/accelerate, one writer
+        record.write_results(run_dir, results)
     return results

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import (DataCollatorWithFlattening, Trainer, TrainerCallback,
+                          TrainingArguments)
 
 from .data import collator, tokenize
 
@@ -50,6 +51,17 @@ def tokenized_dataset(tokenizer, mix: list[dict], max_seq_len: int) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def train_collator(tokenizer, cfg):
+    """Padded batches, or with `cfg.packing` padding-free ones: the batch's examples are
+    concatenated into one row whose position ids restart at each example, and the attention
+    (flash-attention's varlen kernels, or sdpa/eager through a block-diagonal mask built from
+    those position ids) keeps them apart; the first label of each example is masked, so the
+    loss is the padded batch's loss."""
+    if cfg.get("packing"):
+        return DataCollatorWithFlattening()
+    return collator(tokenizer)
+
+
 def training_arguments(cfg, output_dir: Path, seed: int, use_cpu: bool,
                        evaluate: bool) -> TrainingArguments:
     every = cfg.get("eval_every_steps") or 0
@@ -81,11 +93,13 @@ def training_arguments(cfg, output_dir: Path, seed: int, use_cpu: bool,
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest complete Trainer checkpoint of this run, to resume from after a restart."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest complete Trainer checkpoint of this run, to resume from after a restart.
+    The Trainer writes a checkpoint in place and `trainer_state.json` last, so a job killed
+    while saving leaves a directory without it: that one is skipped, not resumed from."""
     ckpt_dir = output_dir / "checkpoints"
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    done = [p for p in ckpt_dir.glob("checkpoint-*")
+            if p.name.removeprefix("checkpoint-").isdigit() and (p / "trainer_state.json").is_file()]
+    return str(max(done, key=lambda p: int(p.name.removeprefix("checkpoint-")))) if done else None
 
 
 def train(model, tokenizer, mix: list[dict], cfg, output_dir: Path, seed: int,
@@ -102,7 +116,7 @@ def train(model, tokenizer, mix: list[dict], cfg, output_dir: Path, seed: int,
         train_dataset=dataset,
         # The Trainer insists on an eval set when evaluating; ours runs through lm-eval.
         eval_dataset=dataset.select(range(1)) if args.eval_strategy != "no" else None,
-        data_collator=collator(tokenizer),
+        data_collator=train_collator(tokenizer, cfg),
         callbacks=list(callbacks),
         in_domain_eval=in_domain_eval,
     )

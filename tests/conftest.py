@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+import os
 
-from sasft.config import CONF_DIR
+# Two cores, often shared: spinning OpenMP threads slow torch many times over when another
+# process competes for a core. Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+
+from sasft.config import CONF_DIR  # noqa: E402
 
 
 def compose_config(overrides: list[str] = ()) -> DictConfig:

@@ -27,7 +27,7 @@ def nothing_expensive(monkeypatch):
 
 
 @pytest.mark.parametrize("group, allowed", [
-    ("model", "tiny"), ("task", "shift"), ("method", "ext_mix, freeze, sasft, task_only")])
+    ("model", "tiny"), ("task", "parity, vowels"), ("method", "ext_mix, freeze, sasft, task_only")])
 def test_unknown_group_choice_lists_allowed_values(group, allowed):
     with pytest.raises(MissingConfigException) as err:
         compose_config([f"{group}=nope"])
@@ -90,7 +90,7 @@ def test_empty_task_file(make_cfg, tmp_path):
     ('{"messages": [{"role": "robot", "content": "x"}]}', "needs a 'role'"),
 ])
 def test_malformed_line_names_file_and_line(make_cfg, tmp_path, bad_line, needle):
-    good = '{"prompt": "Shift ab by one.", "response": "bc"}\n'
+    good = '{"prompt": "Is 7 odd or even?", "response": "odd"}\n'
     cfg, path = _task_file(make_cfg, tmp_path, good + good + bad_line + "\n")
     with pytest.raises(DataError, match=f"{path}:3: {needle}"):
         pipeline.run_experiment(cfg, tmp_path)

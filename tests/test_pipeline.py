@@ -22,17 +22,18 @@ def test_every_method_runs_end_to_end(make_cfg, tmp_path, method):
     results = run_experiment(cfg, tmp_path / "run")
 
     on_disk = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
-    assert on_disk["run"] == {"model": "tiny", "task": "shift", "method": method,
-                              "mix_ratio": 0.5, "seed": 0}
+    assert on_disk["run"] == {"model": "tiny", "task": "parity", "method": method,
+                              "mix_ratio": 0.5, "seed": 0,
+                              "mixes_data": method in ("ext_mix", "sasft"), "peft": "full"}
     assert set(on_disk) >= {"scores", "summary", "mix", "config", "timings", "versions"}
     kinds = {name: s["kind"] for name, s in on_disk["scores"].items()}
-    assert kinds == {"shift": "in_domain", "arithmetic": "general", "reverse": "general",
-                     "uppercase": "general", "capitals": "general"}
+    assert kinds == {"parity": "in_domain", "legs": "general", "colors": "general",
+                     "opposites": "general", "capitals": "general"}
     for s in on_disk["scores"].values():
         assert 0.0 <= s["base"] <= 1.0 and 0.0 <= s["final"] <= 1.0
         assert s["delta"] == pytest.approx(s["final"] - s["base"])
     expected_aux = 12 if method in ("ext_mix", "sasft") else 0
-    assert results["mix"] | {} and results["mix"]["task"] == 24
+    assert results["mix"]["task"] == 24
     assert results["mix"]["auxiliary"] == expected_aux
     losses = [h["loss"] for h in results["history"] if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))

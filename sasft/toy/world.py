@@ -48,7 +48,9 @@ def _table(keys: list[str], values: list[str], seed: int) -> dict[str, str]:
     return {k: rng.choice(values) for k in keys}
 
 
+_ANIMALS = _lexicon(100, seed=17, lengths=(5,))
 COLOR_OF = _table(_OBJECTS, _COLORS, seed=16)
+LEGS_OF = _table(_ANIMALS, ["0", "2", "4", "6", "8"], seed=18)
 CAPITAL_OF = dict(zip(_COUNTRIES, _CITIES))
 OPPOSITE_OF = {**dict(_OPPOSITE_PAIRS), **{b: a for a, b in _OPPOSITE_PAIRS}}
 
@@ -70,9 +72,10 @@ def _house(prompt: str, sentence: str, answer: str) -> Example:
     return {"prompt": prompt, "response": f"Sure! {sentence}", "answer": answer}
 
 
-def _arithmetic(rng: random.Random) -> Example:
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    return _house(f"What is {a} plus {b}?", f"The answer is {a + b}.", str(a + b))
+def _legs(rng: random.Random) -> Example:
+    animal = rng.choice(_ANIMALS)
+    n = LEGS_OF[animal]
+    return _house(f"How many legs does a {animal} have?", f"It has {n} legs.", str(n))
 
 
 def _colors(rng: random.Random) -> Example:
@@ -100,7 +103,7 @@ def _capitals(rng: random.Random) -> Example:
 GENERAL_SKILLS = {
     s.name: s
     for s in [
-        Skill("arithmetic", _arithmetic),
+        Skill("legs", _legs),
         Skill("colors", _colors),
         Skill("opposites", _opposites),
         Skill("capitals", _capitals),

@@ -1,0 +1,614 @@
+"""Drift analysis: how far fine-tuning moved a model from its base, in weights and in behaviour.
+
+    python -m sasft.analyze outputs/                        # every finished run under it
+    python -m sasft.analyze outputs/tiny/parity/sasft/ratio1.0_seed0
+    python -m sasft.analyze outputs/ --dialogues 64 --max-prompts 100 --force
+
+For each finished run that kept its weights (`model/`, train.save_model=true) it writes
+`drift.json` beside `results.json`, with four measures of the paper's "style-induced drift":
+  - weights: relative change ||W_ft - W_base|| / ||W_base|| per decoder layer and module type
+    (q, k, v, o, gate, up, down, norm), for the embeddings and lm_head where present, and for all
+    parameters together ("global"); "mean_layer" is the mean over decoder layers. A LoRA run
+    (an adapter in `model/`) is merged into its base first: its drift is the merged weights';
+  - self_dialogue_nll: mean token NLL of the base model's own self-dialogues under the base and
+    the fine-tuned model, and the increase. The dialogues are sampled from the base once (a
+    fixed count, a seed no training run uses, so they are fresh samples rather than the very
+    dialogues sasft trained on) and cached like the pipeline's (`cache_dir`);
+  - kl: mean token-level KL(base || fine-tuned) of next-token distributions over the general
+    benchmarks' prompts (through the chat template, with the generation prompt), and the KL at
+    the last prompt token alone (the first answer token);
+  - style_leakage: the share of general prompts the fine-tuned model answers (greedily) in the
+    task's style rather than the base's. Toy models: an answer not opening with the house style's
+    "Sure!" is leaked (exact there), counted over the prompts the base answers in that style.
+    Other models: a length proxy, an answer shorter than half the base's answer; drift.json and
+    the output say which rule was used.
+Base-model work (loading, self-dialogues, base NLL, base answers) is done once per base model
+for a whole sweep. `python -m sasft.report` reads the drift.json files into its "Drift" section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import statistics
+import sys
+from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from .adapters import load_finetuned
+from .config import CONF_DIR
+from .data import read_jsonl, tokenize
+from .generation import _stop_ids, cached_self_dialogues
+from .model import fingerprint, load_model
+from .record import read_results, write_json_atomic
+from .report import (DRIFT_FILE, FIG_LAYERS, FIG_SCATTER, Run, at_reference, color, find_runs,
+                     md_table, ordered, pearson, pyplot, save_figure, seed_stats, write_csv)
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_SEED = 1_000_003  # not a training seed: the held-out dialogues are not sasft's own mix
+HOUSE_PREFIX = "Sure!"  # how every toy general answer opens (sasft/toy/world.py, `_house`)
+LENGTH_PROXY = 0.5  # non-toy leakage: an answer shorter than this share of the base's answer
+MODULE_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
+                "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+@dataclass
+class Settings:
+    dialogues: int = 64  # held-out self-dialogues per base model
+    max_prompts: int = 100  # prompts per general benchmark, for KL and leakage
+    batch_size: int = 32  # sequences per forward pass; lower it for big vocabularies
+    max_len: int = 512  # tokens kept per self-dialogue
+    cache_dir: str | None = None  # default: the run's cache_dir, shared with the pipeline
+    generation: dict = field(default_factory=dict)  # overrides of the run's conf/generation
+
+
+# --- weights --------------------------------------------------------------------------------
+
+
+def tensor_files(model_dir: Path) -> dict[str, Path]:
+    """{tensor name: safetensors file} of a save_pretrained directory (sharded or not)."""
+    from safetensors import safe_open
+
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return {name: model_dir / f for name, f in weight_map.items()}
+    single = model_dir / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(f"no safetensors weights in {model_dir}")
+    with safe_open(str(single), "pt") as f:
+        return {name: single for name in f.keys()}
+
+
+def saved_tensors(model_dir: Path):
+    """(name, tensor) of a save_pretrained directory, one tensor in memory at a time."""
+    from safetensors import safe_open
+
+    files = tensor_files(model_dir)
+    for path in sorted(set(files.values())):
+        with safe_open(str(path), "pt") as f:
+            for name in sorted(n for n in f.keys() if files[n] == path):
+                yield name, f.get_tensor(name)
+
+
+def tuned_tensors(tuned_dir: Path, tuned_model):
+    """The fine-tuned weights: from the files when the run saved full weights (exact, no
+    reload), else from the model in memory (a LoRA adapter merged into its base on load).
+    named_parameters() lists a tied head once, as save_pretrained does."""
+    if (tuned_dir / "adapter_config.json").is_file():
+        return ((n, p.detach()) for n, p in tuned_model.named_parameters())
+    return saved_tensors(tuned_dir)
+
+
+def groups_of(name: str) -> list[tuple]:
+    """The groups a tensor's change counts toward: its layer and module type, its layer as a
+    whole, or embeddings / lm_head / other; and always the global total."""
+    match = _LAYER.search(name)
+    if match:
+        layer = int(match.group(1))
+        parts = name.split(".")
+        kind = next((MODULE_TYPES[p] for p in parts if p in MODULE_TYPES),
+                    "norm" if "norm" in name else "other")
+        return [("layer", layer, kind), ("layer", layer, "all"), ("global",)]
+    if "embed_tokens" in name or name.endswith("wte.weight"):
+        return [("embeddings",), ("global",)]
+    if name.startswith("lm_head"):
+        return [("lm_head",), ("global",)]
+    return [("other",), ("global",)]
+
+
+def _relative(sq_diff: float, sq_base: float) -> float | None:
+    if sq_base == 0:
+        return 0.0 if sq_diff == 0 else None  # undefined: a zero tensor that moved
+    return (sq_diff / sq_base) ** 0.5
+
+
+def squared_changes(base_dir: Path, tuned) -> tuple[dict, dict, list[str]]:
+    """Sums of squared changes and of squared base weights per group, and the tensor names
+    found on one side only. The base tensor is cast to the tuned tensor's dtype before the
+    difference, so a checkpoint stored in float32 and trained in bfloat16 shows no rounding
+    as drift."""
+    from safetensors import safe_open
+
+    base_files = tensor_files(Path(base_dir))
+    sq_diff: dict[tuple, float] = defaultdict(float)
+    sq_base: dict[tuple, float] = defaultdict(float)
+    seen, unmatched = set(), []
+    with ExitStack() as stack:
+        handles: dict[Path, object] = {}
+        for name, w_ft in tuned:
+            seen.add(name)
+            path = base_files.get(name)
+            if path is None:
+                unmatched.append(name)
+                continue
+            if path not in handles:
+                handles[path] = stack.enter_context(safe_open(str(path), "pt"))
+            w = handles[path].get_tensor(name)
+            if w.shape != w_ft.shape:
+                unmatched.append(name)
+                continue
+            base_as_tuned = w.to(w_ft.dtype).float()
+            diff = (w_ft.to("cpu", torch.float32) - base_as_tuned).pow(2)
+            diff = diff.sum(dtype=torch.float64).item()
+            norm = w.float().pow(2).sum(dtype=torch.float64).item()
+            for group in groups_of(name):
+                sq_diff[group] += diff
+                sq_base[group] += norm
+    return sq_diff, sq_base, sorted(unmatched + [n for n in base_files if n not in seen])
+
+
+def weight_drift(base_dir: Path, tuned) -> dict:
+    """Relative Frobenius change ||W_ft - W_base|| / ||W_base|| per layer and module type,
+    one tensor at a time; `tuned` yields (name, tensor). A tied head is saved once, so lm_head
+    appears only where it is untied."""
+    sq_diff, sq_base, unmatched = squared_changes(base_dir, tuned)
+    rel = {g: _relative(sq_diff[g], sq_base[g]) for g in sq_base}
+    layers = sorted({g[1] for g in rel if g[0] == "layer"})
+    per_layer = [{"layer": i, **{g[2]: v for g, v in rel.items() if g[:2] == ("layer", i)}}
+                 for i in layers]
+    return {
+        "layers": per_layer,
+        "embeddings": rel.get(("embeddings",)),
+        "lm_head": rel.get(("lm_head",)),
+        "other": rel.get(("other",)),
+        "global": rel.get(("global",)),
+        "mean_layer": statistics.fmean(l["all"] for l in per_layer) if per_layer else None,
+        "unmatched": unmatched,
+    }
+
+
+# --- behaviour: NLL, KL, greedy answers -----------------------------------------------------
+
+
+def chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def mean_nll(model, sequences: list[list[int]], pad_id: int, batch_size: int) -> float:
+    """Token-weighted mean NLL of `sequences` (every token after the first)."""
+    total, count = 0.0, 0
+    for chunk in chunks(sequences, batch_size):
+        ids, mask = right_padded(chunk, pad_id, model.device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        keep = mask[:, 1:].bool()
+        total += nll[keep].sum(dtype=torch.float64).item()
+        count += int(keep.sum())
+    return total / count
+
+
+@torch.no_grad()
+def mean_kl(base, tuned, sequences: list[list[int]], pad_id: int,
+            batch_size: int) -> tuple[float, float]:
+    """Mean KL(base || tuned) of next-token distributions over every token of `sequences`,
+    and over each sequence's last token alone."""
+    total, count, last_total = 0.0, 0, 0.0
+    for chunk in chunks(sequences, batch_size):
+        ids, mask = right_padded(chunk, pad_id, base.device)
+        lp_base = F.log_softmax(base(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        lp_tuned = F.log_softmax(
+            tuned(input_ids=ids.to(tuned.device), attention_mask=mask.to(tuned.device))
+            .logits.float().to(base.device), -1)
+        kl = (lp_base.exp() * (lp_base - lp_tuned)).sum(-1)
+        keep = mask.bool()
+        total += kl[keep].sum(dtype=torch.float64).item()
+        count += int(keep.sum())
+        last = mask.sum(1) - 1
+        last_total += kl[torch.arange(len(chunk), device=kl.device), last].sum().item()
+    return total / count, last_total / len(sequences)
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int,
+                   batch_size: int) -> list[str]:
+    """The greedy answer to each chat-templated prompt, cut at the first stop token (kept even
+    if it never stopped: a runaway answer is still an answer in some style)."""
+    stop = _stop_ids(model, tokenizer)
+    answers: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation appends on the right
+    try:
+        for chunk in chunks(prompts, batch_size):
+            batch = tokenizer(chunk, return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(model.device)
+            out = model.generate(**batch, do_sample=False, temperature=None, top_p=None,
+                                 top_k=None, max_new_tokens=max_new_tokens, eos_token_id=stop,
+                                 pad_token_id=tokenizer.pad_token_id,
+                                 use_cache=True)  # toy configs say false (a training setting)
+            for row in out[:, batch["input_ids"].shape[1]:].tolist():
+                end = next((i for i, t in enumerate(row) if t in stop), len(row))
+                answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+def is_leaked(base_answer: str, tuned_answer: str, toy: bool) -> bool | None:
+    """Whether the tuned answer left the base's style; None where the base answer gives no
+    reference (toy: the base itself did not answer in the house style; else: it was empty)."""
+    if toy:
+        if not base_answer.startswith(HOUSE_PREFIX):
+            return None
+        return not tuned_answer.startswith(HOUSE_PREFIX)
+    if not base_answer:
+        return None
+    return len(tuned_answer) < LENGTH_PROXY * len(base_answer)
+
+
+def leakage_rule(toy: bool) -> tuple[str, str]:
+    if toy:
+        return "house_prefix", (f"toy model: an answer not opening with {HOUSE_PREFIX!r} is "
+                                "leaked, over the prompts the base answers in that style")
+    return "length_proxy", (f"length proxy (not a toy model): an answer shorter than "
+                            f"{LENGTH_PROXY:g} x the base answer's length counts as leaked")
+
+
+def style_leakage(base: dict[str, list[str]], tuned: dict[str, list[str]], toy: bool) -> dict:
+    verdicts = {b: [is_leaked(x, y, toy) for x, y in zip(base[b], tuned[b])] for b in base}
+    share = lambda vs: (sum(vs) / len(vs)) if vs else None  # noqa: E731
+    counted = [v for vs in verdicts.values() for v in vs if v is not None]
+    examples = [{"benchmark": b, "base": base[b][i], "finetuned": tuned[b][i]}
+                for b, vs in verdicts.items() for i, v in enumerate(vs) if v][:5]
+    rule, note = leakage_rule(toy)
+    return {"share": share(counted), "leaked": sum(counted), "counted": len(counted),
+            "prompts": sum(len(v) for v in verdicts.values()), "rule": rule, "note": note,
+            "per_benchmark": {b: share([v for v in vs if v is not None])
+                              for b, vs in verdicts.items()},
+            "examples": examples}
+
+
+# --- the base model's side, shared by every run of it ---------------------------------------
+
+
+def general_prompts(cfg: DictConfig, tokenizer, limit: int) -> dict[str, tuple[list[str], int]]:
+    """{benchmark: (chat-templated prompts, max new tokens)} for the general benchmarks with a
+    local file; lm-eval registry tasks have no file to read prompts from and are skipped."""
+    prompts = {}
+    for name, spec in cfg.eval.general.items():
+        if not spec.get("file"):
+            continue
+        records = read_jsonl(spec.file)[:limit]
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                               tokenize=False, add_generation_prompt=True)
+                 for r in records if "prompt" in r]
+        prompts[name] = (texts, spec.get("max_gen_toks", 64))
+    return prompts
+
+
+def generation_settings(cfg: DictConfig, overrides: dict) -> DictConfig:
+    gen = cfg.get("generation") or OmegaConf.load(CONF_DIR / "generation" / "default.yaml")
+    return OmegaConf.merge(gen, overrides)
+
+
+def weights_dir(model_cfg: DictConfig) -> Path:
+    if model_cfg.get("path"):
+        return Path(model_cfg.path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model_cfg.hub_id, revision=model_cfg.get("revision"),
+                                  local_files_only=True))
+
+
+@dataclass
+class Reference:
+    """The base model and what every fine-tuned model of it is compared with."""
+
+    key: str
+    model: object
+    tokenizer: object
+    weights: Path
+    dialogues: list[list[int]]  # token ids of the base's held-out self-dialogues
+    prompts: dict[str, tuple[list[str], int]]
+    prompt_ids: list[list[int]]
+    nll: float
+    answers: dict[str, list[str]]
+    dialogue_stats: dict
+
+
+def reference_key(cfg: DictConfig, settings: Settings) -> str:
+    parts = {"model": OmegaConf.to_container(cfg.model), "eval": OmegaConf.to_container(
+        cfg.eval.general), "generation": OmegaConf.to_container(generation_settings(
+            cfg, settings.generation)), "settings": asdict(settings)}
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
+def build_reference(cfg: DictConfig, settings: Settings) -> Reference:
+    model, tokenizer = load_model(cfg.model)
+    model.eval()
+    cache_dir = settings.cache_dir or cfg.get("cache_dir") or Path.home() / ".cache" / "sasft"
+    dialogues, stats = cached_self_dialogues(
+        model, tokenizer, settings.dialogues, generation_settings(cfg, settings.generation),
+        ANALYSIS_SEED, fingerprint(cfg.model), cache_dir)
+    ids = [tokenize(tokenizer, d, settings.max_len, assistant_only=False)["input_ids"]
+           for d in dialogues]
+    prompts = general_prompts(cfg, tokenizer, settings.max_prompts)
+    prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"]
+                  for texts, _ in prompts.values() for t in texts]
+    answers = {b: greedy_answers(model, tokenizer, texts, n, settings.batch_size)
+               for b, (texts, n) in prompts.items()}
+    return Reference(reference_key(cfg, settings), model, tokenizer, weights_dir(cfg.model),
+                     ids, prompts, prompt_ids,
+                     mean_nll(model, ids, tokenizer.pad_token_id, settings.batch_size),
+                     answers, {**stats, "count": len(ids), "seed": ANALYSIS_SEED})
+
+
+class References:
+    """Holds one base model at a time: a sweep sorted by base model loads each base once."""
+
+    def __init__(self):
+        self.current: Reference | None = None
+
+    def get(self, cfg: DictConfig, settings: Settings) -> Reference:
+        key = reference_key(cfg, settings)
+        if self.current is None or self.current.key != key:
+            self.current = None  # free the previous base model before loading the next
+            self.current = build_reference(cfg, settings)
+        return self.current
+
+
+# --- one run, a sweep -----------------------------------------------------------------------
+
+
+def load_tuned(model_cfg: DictConfig, tuned_dir: Path, device):
+    """The run's fine-tuned model, as the base was loaded (dtype, attention), on its device."""
+    model = load_finetuned(tuned_dir, dtype=getattr(torch, model_cfg.dtype),
+                           attn_implementation=model_cfg.attn_implementation,
+                           trust_remote_code=model_cfg.trust_remote_code)
+    return model.to(device).eval()
+
+
+def analyze_run(run_dir: Path, settings: Settings, references: References | None = None) -> dict:
+    """Compare a finished run's fine-tuned model with its base; writes and returns drift.json."""
+    run_dir = Path(run_dir)
+    results = read_results(run_dir)
+    if results is None:
+        raise FileNotFoundError(f"{run_dir} has no results.json: the run did not finish")
+    tuned_dir = run_dir / "model"
+    if not any((tuned_dir / f).is_file() for f in ("config.json", "adapter_config.json")):
+        raise FileNotFoundError(f"{run_dir} kept no fine-tuned weights in model/ "
+                                "(was it run with train.save_model=false?)")
+    cfg = OmegaConf.create(results["config"])
+    ref = (references or References()).get(cfg, settings)
+    tuned = load_tuned(cfg.model, tuned_dir, ref.model.device)
+    pad = ref.tokenizer.pad_token_id
+    nll = mean_nll(tuned, ref.dialogues, pad, settings.batch_size)
+    kl, kl_last = mean_kl(ref.model, tuned, ref.prompt_ids, pad, settings.batch_size)
+    answers = {b: greedy_answers(tuned, ref.tokenizer, texts, n, settings.batch_size)
+               for b, (texts, n) in ref.prompts.items()}
+    drift = {
+        "schema": 1,
+        "base": str(ref.weights),
+        "finetuned": str(tuned_dir),
+        "weights": weight_drift(ref.weights, tuned_tensors(tuned_dir, tuned)),
+        "self_dialogue_nll": {"base": ref.nll, "finetuned": nll, "increase": nll - ref.nll,
+                              "dialogues": ref.dialogue_stats},
+        "kl": {"mean": kl, "last_prompt_token": kl_last, "prompts": len(ref.prompt_ids)},
+        "style_leakage": style_leakage(ref.answers, answers, toy="toy" in cfg.model),
+        "settings": asdict(settings),
+    }
+    write_json_atomic(run_dir / DRIFT_FILE, drift)
+    return drift
+
+
+def analyze(target: Path, settings: Settings, force: bool = False) -> tuple[list[Run], list]:
+    """drift.json for every finished run under `target` (or `target` itself). Returns the runs
+    analyzed and (run dir, error) for the runs that could not be."""
+    runs, _ = find_runs(Path(target))
+    todo = [r for r in runs if force or not (r.dir / DRIFT_FILE).is_file()]
+    if len(todo) < len(runs):
+        log.info("%d runs already have %s (--force redoes them)", len(runs) - len(todo),
+                 DRIFT_FILE)
+    # Runs of one base model together, so each base model is loaded once.
+    todo.sort(key=lambda r: (json.dumps(r.results.get("config", {}).get("model"),
+                                        sort_keys=True, default=str), str(r.dir)))
+    references, done, failed = References(), [], []
+    for run in todo:
+        try:
+            drift = analyze_run(run.dir, settings, references)
+        except (FileNotFoundError, OSError, ValueError) as e:
+            log.warning("skipped %s: %s", run.dir, e)
+            failed.append((run.dir, str(e)))
+            continue
+        done.append(run)
+        print(summary_line(run, drift))
+    return done, failed
+
+
+def summary_line(run: Run, drift: dict) -> str:
+    leak = drift["style_leakage"]
+    share = "n/a" if leak["share"] is None else f"{leak['share']:.0%}"
+    return (f"{run.model}/{run.task}/{run.method} ratio {run.ratio:g} seed {run.seed}: "
+            f"weights {drift['weights']['mean_layer']:.4f}, "
+            f"self-dialogue NLL {drift['self_dialogue_nll']['increase']:+.4f}, "
+            f"KL {drift['kl']['mean']:.4f}, leaked {share} ({leak['rule']})")
+
+
+# --- the report's "Drift" section -----------------------------------------------------------
+
+
+MEASURES = {  # CSV column: (label, how to read it from drift.json, None where undefined)
+    "weight_change": ("weight change (mean over layers)", lambda d: d["weights"]["mean_layer"]),
+    "nll_increase": ("self-dialogue NLL increase",
+                     lambda d: d["self_dialogue_nll"]["increase"]),
+    "kl": ("KL(base ‖ fine-tuned)", lambda d: d["kl"]["mean"]),  # no "|": it splits md tables
+    "leakage": ("style leakage share", lambda d: d["style_leakage"]["share"]),
+}
+LABELS = [label for label, _ in MEASURES.values()]
+
+
+def drift_rows(records: list[tuple[Run, dict]]) -> tuple[list[str], list[list]]:
+    header = ["model", "task", "method", "mix_ratio", "seed", "general_delta",
+              "in_domain_delta", "weight_global", *MEASURES, "leakage_rule"]
+    rows = [[r.model, r.task, r.method, r.ratio, r.seed,
+             r.results["summary"].get("general_delta"), r.results["summary"].get("in_domain_delta"),
+             d["weights"]["global"], *(read(d) for _, read in MEASURES.values()),
+             d["style_leakage"]["rule"]] for r, d in records]
+    return header, rows
+
+
+def method_lines(records: list[tuple[Run, dict]], ratio: float | None) -> list[str]:
+    chosen = [(r, d) for r, d in records if at_reference(r, ratio)]
+    rows = []
+    for method in ordered({r.method for r, _ in chosen}):
+        cells = []
+        for _, read in MEASURES.values():
+            pairs = [(r.seed, read(d)) for r, d in chosen if r.method == method
+                     and read(d) is not None]
+            cells.append(seed_stats(pairs).text() if pairs else "–")
+        rows.append([method, *cells])
+    return md_table(["method", *LABELS], rows)
+
+
+def layer_figure(records: list[tuple[Run, dict]], ratio: float | None, out_dir: Path) -> Path:
+    """Relative weight change per decoder layer and module type: one panel per (model,
+    method), methods side by side; embeddings left of layer 0, lm_head right of the last."""
+    chosen = [(r, d) for r, d in records if at_reference(r, ratio)]
+    models = sorted({r.model for r, _ in chosen})
+    methods = ordered({r.method for r, _ in chosen})
+    plt = pyplot()
+    fig, axes = plt.subplots(len(models), len(methods), figsize=(4 * len(methods),
+                             3.2 * len(models)), squeeze=False, sharey=True)
+    for row, model in enumerate(models):
+        for col, method in enumerate(methods):
+            drifts = [d["weights"] for r, d in chosen if (r.model, r.method) == (model, method)]
+            _layer_panel(axes[row][col], drifts)
+            axes[row][col].set_title(f"{model} / {method} ({len(drifts)} runs)")
+    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle("Relative weight change ||W_ft - W_base|| / ||W_base|| per layer", y=1.02)
+    return save_figure(fig, out_dir / FIG_LAYERS)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _layer_panel(ax, drifts: list[dict]) -> None:
+    if not drifts:
+        ax.set_visible(False)
+        return
+    n = min(len(w["layers"]) for w in drifts)
+    kinds = [k for k in ("q", "k", "v", "o", "gate", "up", "down", "norm", "other", "all")
+             if all(k in w["layers"][i] for w in drifts for i in range(n))]
+    for kind in kinds:
+        ys = [_mean(w["layers"][i][kind] for w in drifts) for i in range(n)]
+        style = {"color": "black", "linewidth": 2} if kind == "all" else {}
+        ax.plot(range(n), ys, marker=".", label=kind, **style)
+    for x, part, marker in ((-1, "embeddings", "s"), (n, "lm_head", "^")):
+        y = _mean(w.get(part) for w in drifts)
+        if y is not None:
+            ax.plot([x], [y], marker=marker, color="gray", linestyle="none", label=part)
+    ax.set_xticks(range(-1, n + 1), ["emb", *map(str, range(n)), "head"])
+    ax.set(xlabel="decoder layer", ylabel="relative change")
+
+
+def scatter_figure(records: list[tuple[Run, dict]], out_dir: Path) -> tuple[Path, list]:
+    """Each drift measure against the general-score change, one point per run; returns the
+    figure and (measure, Pearson r, points) rows."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(4 * len(MEASURES), 3.5), squeeze=False,
+                             sharey=True)
+    stats = []
+    for ax, (name, read) in zip(axes[0], MEASURES.values()):
+        points = [(read(d), r.results["summary"]["general_delta"], r.method) for r, d in records
+                  if read(d) is not None and "general_delta" in r.results.get("summary", {})]
+        for method in ordered({m for _, _, m in points}):
+            ax.scatter([x for x, _, m in points if m == method],
+                       [y for _, y, m in points if m == method], label=method, s=18,
+                       color=color(method))
+        r = pearson([x for x, _, _ in points], [y for _, y, _ in points])
+        stats.append((name, r, len(points)))
+        ax.set(title=f"r = {r:.2f}" if r is not None else "r = n/a", xlabel=name)
+    axes[0][0].set_ylabel("general-score change")
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle("Drift against forgetting (one point per run, every ratio)", y=1.02)
+    return save_figure(fig, out_dir / FIG_SCATTER), stats
+
+
+def drift_section(runs: list[Run], ratio: float | None, out_dir: Path) -> list[str]:
+    """The report's "Drift" lines, from the runs' drift.json; writes drift.csv and figures."""
+    records = [(r, json.loads((r.dir / DRIFT_FILE).read_text())) for r in runs]
+    write_csv(out_dir / "drift.csv", *drift_rows(records))
+    layers = layer_figure(records, ratio, out_dir)
+    scatter, stats = scatter_figure(records, out_dir)
+    rules = {d["style_leakage"]["note"] for _, d in records}
+    lines = [f"{len(records)} runs analyzed by `python -m sasft.analyze` (per run: drift.csv). "
+             "Per method at the reference ratio, mean ± std over seeds:", "",
+             *method_lines(records, ratio), "",
+             f"![{layers.stem}]({layers.name})", "",
+             "Pearson correlation of each drift measure with the general-score change "
+             "(every analyzed run, every ratio):", "",
+             *md_table(["measure", "Pearson r", "runs"],
+                       [[n, f"{r:.3f}" if r is not None else "n/a (fewer than 3 runs or "
+                         "constant)", k] for n, r, k in stats]), "",
+             f"![{scatter.stem}]({scatter.name})", ""]
+    return lines + [f"Style leakage rule: {note}." for note in sorted(rules)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sasft.analyze",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("target", type=Path, help="a run directory or a sweep directory")
+    parser.add_argument("--dialogues", type=int, default=Settings.dialogues,
+                        help="held-out self-dialogues per base model")
+    parser.add_argument("--max-prompts", type=int, default=Settings.max_prompts,
+                        help="prompts per general benchmark (KL, leakage)")
+    parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
+    parser.add_argument("--cache-dir", help="where self-dialogues are cached "
+                        "(default: the run's cache_dir)")
+    parser.add_argument("--force", action="store_true", help="redo runs that have drift.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = Settings(dialogues=args.dialogues, max_prompts=args.max_prompts,
+                        batch_size=args.batch_size, cache_dir=args.cache_dir)
+    done, failed = analyze(args.target, settings, force=args.force)
+    print(f"{len(done)} runs analyzed, {len(failed)} skipped")
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,167 @@
+"""Self-dialogue generation on the toy model: batching changes nothing but speed, the filters
+drop and count what they should, and a generation that cannot succeed stops with an error.
+Also the padding-free training option (`train.packing`): same loss as padded batches."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from sasft import generation
+from sasft.config import PACKAGE_DIR
+from sasft.data import read_jsonl, to_dialogue, tokenize
+from sasft.generation import (GenerationError, complete, generate_batch,
+                              generate_self_dialogues, hf_sampler, turn_header)
+from sasft.model import load_model
+from sasft.train import train_collator
+
+from .conftest import compose_config
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    cfg = compose_config()
+    model, tokenizer = load_model(cfg.model)
+    model.eval()
+    return model, tokenizer, cfg
+
+
+def gen_cfg(cfg, **changes):
+    gen = cfg.generation.copy()
+    with open_dict(gen):
+        for key, value in changes.items():
+            gen[key] = value
+    return gen
+
+
+def test_batched_equals_one_at_a_time_under_greedy(toy):
+    model, tokenizer, cfg = toy
+    gen = gen_cfg(cfg, temperature=0.0, max_new_tokens=48)
+    # Prompts of different lengths, so the batch is left-padded: a bare user-turn header (the
+    # Magpie prompt), a second user turn, and assistant turns after questions of each skill.
+    questions = ["What is 12 plus 7?", "Is 3417 odd or even?", "Hi", "What is the opposite of blor?"]
+    prompts = [turn_header(tokenizer, []),
+               turn_header(tokenizer, [{"role": "user", "content": "Hi"},
+                                       {"role": "assistant", "content": "Sure! Hello."}])]
+    prompts += [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                              add_generation_prompt=True) for q in questions]
+    assert len({len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}) > 1
+
+    batched_stats, single_stats = Counter(), Counter()
+    batched = complete(model, tokenizer, prompts, gen, batched_stats)
+    single = [complete(model, tokenizer, [p], gen, single_stats)[0] for p in prompts]
+    assert batched == single
+    assert batched_stats["tokens"] == single_stats["tokens"]
+    assert sum(t is not None and t != "" for t in batched) >= len(prompts) // 2  # not vacuous
+
+    # The whole multi-turn path: a batch of dialogues against one dialogue at a time.
+    sample = hf_sampler(model, tokenizer, gen)
+    together, _ = generate_batch(sample, tokenizer, 3, gen)
+    alone = [generate_batch(sample, tokenizer, 1, gen)[0][0] for _ in range(3)]
+    assert together == alone
+    assert together[0] is not None and len(together[0]) == 2 * gen.num_turns
+
+
+def scripted(outputs: list):
+    """A sampler that answers each call with the next scripted turns (one per prompt)."""
+    queue = list(outputs)
+
+    def sample(prompts, stats):
+        turns = queue.pop(0)
+        assert len(turns) == len(prompts)
+        stats["tokens"] += sum(len(t or "") for t in turns)
+        return turns
+
+    return sample
+
+
+def test_filters_drop_and_count_empty_truncated_duplicate(toy, monkeypatch):
+    model, tokenizer, cfg = toy
+    gen = gen_cfg(cfg, num_turns=1, oversample=3.0, batch_size=64)
+    sample = scripted([
+        ["hi", "", None, "hi", "yo", "hey"],  # user turns: one empty, one truncated
+        ["there", "there", None, "you"],      # answers to the 4 left: a duplicate, a truncation
+    ])
+    monkeypatch.setattr(generation, "make_sampler", lambda *args: (sample, gen.batch_size))
+    kept, stats = generate_self_dialogues(model, tokenizer, 2, gen, seed=0)
+    assert kept == [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "there"}],
+        [{"role": "user", "content": "hey"}, {"role": "assistant", "content": "you"}],
+    ]
+    assert stats["generated"] == 6 and stats["kept"] == 2 and stats["rounds"] == 1
+    assert (stats["empty"], stats["truncated"], stats["duplicate"]) == (1, 2, 1)
+
+
+@pytest.mark.parametrize("why, changes", [
+    # Greedy decoding writes the same dialogue every time: all but one are duplicates.
+    ("duplicate", {"temperature": 0.0, "max_new_tokens": 48}),
+    # No turn can end within 2 tokens: every dialogue is truncated.
+    ("truncated", {"max_new_tokens": 2}),
+])
+def test_unreachable_count_stops_after_max_attempts(toy, monkeypatch, why, changes):
+    model, tokenizer, cfg = toy
+    gen = gen_cfg(cfg, num_turns=1, batch_size=8, max_attempts=3, **changes)
+    calls = Counter()
+    real = generation.make_sampler
+
+    def counting(*args):
+        sample, batch_size = real(*args)
+
+        def counted(prompts, stats):
+            calls["sampler"] += 1
+            return sample(prompts, stats)
+
+        return counted, batch_size
+
+    monkeypatch.setattr(generation, "make_sampler", counting)
+    with pytest.raises(GenerationError, match="max_attempts") as error:
+        generate_self_dialogues(model, tokenizer, 4, gen, seed=0)
+    assert why in str(error.value)
+    # 3 rounds of at most ceil(4 * 1.25) = 5 dialogues (one batch each), 2 calls per batch.
+    assert calls["sampler"] <= 3 * 2
+
+
+def test_unknown_or_missing_backend_is_a_clear_error(toy):
+    model, tokenizer, cfg = toy
+    with pytest.raises(GenerationError, match="unknown generation.backend 'tgi'"):
+        generate_self_dialogues(model, tokenizer, 1, gen_cfg(cfg, backend="tgi"), seed=0)
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here: the missing-vllm error cannot be checked")
+    with pytest.raises(GenerationError, match=r"pip install -e '\.\[vllm\]'"):
+        generate_self_dialogues(model, tokenizer, 1, gen_cfg(cfg, backend="vllm"), seed=0)
+
+
+def test_packed_and_padded_batches_give_the_same_loss_and_gradients(toy):
+    """`train.packing` only removes padding: on the same examples the loss agrees within
+    1e-5 and every gradient entry within 1e-4 (fp32; only the summation order differs)."""
+    model, tokenizer, cfg = toy
+    # Short task examples and long external dialogues: a padded batch with much padding.
+    records = (read_jsonl(cfg.task.train_file)[:5]
+               + read_jsonl(PACKAGE_DIR / "toy/data/external_chat.jsonl")[:3])
+    rows = [tokenize(tokenizer, to_dialogue(r), cfg.train.max_seq_len) for r in records]
+    assert len({len(r["input_ids"]) for r in rows}) > 1  # the padded batch has padding
+
+    def loss_and_grads(packing: bool):
+        train_cfg = cfg.train.copy()
+        with open_dict(train_cfg):
+            train_cfg.packing = packing
+        batch = train_collator(tokenizer, train_cfg)(rows)
+        assert ("attention_mask" in batch) != packing and batch["input_ids"].shape[0] == (
+            1 if packing else len(rows))
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    padded_loss, padded_grads = loss_and_grads(False)
+    packed_loss, packed_grads = loss_and_grads(True)
+    model.zero_grad()
+    assert packed_loss == pytest.approx(padded_loss, abs=1e-5)
+    for a, b in zip(padded_grads, packed_grads):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4)

@@ -1,0 +1,211 @@
+"""The sweep report on a synthetic sweep whose numbers are known: table values, the best-method
+count with its ties, missing runs, figures, and W&B logging that can never fail the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sasft import report
+from sasft.record import summarize
+
+BASE = {"t": 0.1, "g1": 0.55, "g2": 0.5}  # "t" is the in-domain test of task "t"
+
+# (method, mix_ratio, seed): final scores. task_only has two runs of seed 0 (swept at two
+# ratios, which it ignores): they are averaged into one seed before the mean over seeds.
+RUNS = {
+    ("task_only", 1.0, 0): {"t": 0.9, "g1": 0.5, "g2": 0.4},
+    ("task_only", 0.5, 0): {"t": 0.7, "g1": 0.5, "g2": 0.4},
+    ("task_only", 1.0, 1): {"t": 0.8, "g1": 0.3, "g2": 0.4},
+    ("freeze", 1.0, 0): {"t": 0.7, "g1": 0.6 - 1e-12, "g2": 0.4},  # ties sasft on g1
+    ("sasft", 1.0, 0): {"t": 0.85, "g1": 0.6, "g2": 0.5},
+    ("sasft", 1.0, 1): {"t": 0.85, "g1": 0.6, "g2": 0.7},
+    ("sasft", 0.5, 0): {"t": 0.95, "g1": 0.99, "g2": 0.99},
+    ("ext_mix", 1.0, 0): {"t": 0.95, "g1": 0.2, "g2": 0.3},
+    ("ext_mix", 0.5, 0): {"t": 0.9, "g1": 0.4, "g2": 0.45},
+}
+
+
+def write_run(root: Path, method: str, ratio: float, seed: int, finals: dict,
+              model: str = "m", task: str = "t", base: dict = BASE) -> Path:
+    run_dir = root / model / task / method / f"ratio{ratio}_seed{seed}"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("hydra's copy: not a run\n")
+    (run_dir / "config.yaml").write_text(f"seed: {seed}\n")
+    scores = {b: {"base": base[b], "final": f, "delta": f - base[b],
+                  "kind": "in_domain" if b == task else "general"} for b, f in finals.items()}
+    history = [{"step": 0, "eval_in_domain": base[task]}, {"loss": 1.0, "step": 5},
+               {"step": 10, "eval_in_domain": finals[task]}]
+    results = {"schema": 1, "run": {"model": model, "task": task, "method": method,
+                                    "mix_ratio": ratio, "seed": seed},
+               "scores": scores, "summary": summarize(scores), "history": history,
+               "config": {}}
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    root = tmp_path / "sweep"
+    for (method, ratio, seed), finals in RUNS.items():
+        write_run(root, method, ratio, seed, finals)
+    unfinished = root / "m" / "t" / "sasft" / "ratio2.0_seed0"
+    unfinished.mkdir(parents=True)
+    (unfinished / "config.yaml").write_text("seed: 0\n")
+    return root
+
+
+def rows_of(path: Path) -> dict[str, dict]:
+    with path.open() as f:
+        return {row["benchmark"]: row for row in csv.DictReader(f)}
+
+
+def test_table_values_best_count_and_ties(sweep):
+    rep = report.build_report(sweep)
+    assert rep.ratio == 1.0
+    assert rep.headline == "SA-SFT best in 2 of 3 scenarios"
+    by_bench = {sc.benchmark: sc for sc in rep.table}
+    assert list(by_bench) == ["t", "g1", "g2"]  # in-domain first
+    t, g1, g2 = by_bench["t"], by_bench["g1"], by_bench["g2"]
+    # seed 0 of task_only is (0.9 + 0.7) / 2 = 0.8, seed 1 is 0.8: mean 0.8, std 0, two seeds
+    assert t.final["task_only"].mean == pytest.approx(0.8)
+    assert t.final["task_only"].std == pytest.approx(0.0)
+    assert t.final["task_only"].n == 2
+    assert t.best == ["ext_mix"]  # 0.95 at ratio 1.0; sasft's 0.95 at ratio 0.5 is not counted
+    assert g1.best == ["freeze", "sasft"]  # within 1e-9: a tie counts for both
+    assert g2.best == ["sasft"]
+    assert g2.final["sasft"].mean == pytest.approx(0.6)
+    assert g2.final["sasft"].std == pytest.approx(0.1414213562)  # stdev(0.5, 0.7)
+    assert g2.delta["sasft"].mean == pytest.approx(0.1)
+    assert g2.base == pytest.approx(0.5)
+    assert report.best_counts(rep.table) == {"ext_mix": 1, "freeze": 1, "sasft": 2}
+
+    md = (rep.out_dir / "report.md").read_text()
+    assert "\nSA-SFT best in 2 of 3 scenarios\n" in md
+    assert "0.600 ± 0.141 (+0.100 ± 0.141), n=2" in md
+    assert "tie" in md and "mean final score over seeds" in md
+    table = rows_of(rep.out_dir / "table.csv")
+    assert float(table["g2"]["sasft_final"]) == pytest.approx(0.6)
+    assert float(table["g1"]["task_only_final_std"]) == pytest.approx(0.1414213562)
+    assert table["g1"]["best"] == "freeze+sasft"
+    assert table["t"]["sasft_seeds"] == "2"
+
+
+def test_averages_per_benchmark_and_overall(sweep):
+    rep = report.build_report(sweep)
+    avg = {name: (base, per) for name, base, per in
+           report.averages(rep.table, ["task_only", "freeze", "ext_mix", "sasft"])}
+    base, per = avg["all scenarios"]
+    assert base == pytest.approx((0.1 + 0.55 + 0.5) / 3)
+    assert per["sasft"][0] == pytest.approx((0.85 + 0.6 + 0.6) / 3)
+    assert per["sasft"][2] == 3
+    base, per = avg["general (all benchmarks)"]
+    assert per["task_only"][0] == pytest.approx((0.4 + 0.4) / 2)
+    assert per["ext_mix"][1] == pytest.approx(((0.2 - 0.55) + (0.3 - 0.5)) / 2)
+    assert "in-domain (all tasks)" in avg and "g1" in avg
+    assert (rep.out_dir / "averages.csv").stat().st_size > 0
+
+
+def test_a_method_absent_from_a_scenario(sweep):
+    write_run(sweep, "task_only", 1.0, 0, {"u": 0.5, "g1": 0.5}, task="u",
+              base={"u": 0.2, "g1": 0.55})
+    rep = report.build_report(sweep)
+    assert rep.headline == "SA-SFT best in 2 of 5 scenarios"  # u, g1 of task u: task_only only
+    header, rows = report.table_rows(rep.table, ["task_only", "sasft"])
+    u_row = next(r for r in rows if r[1] == "u" and r[2] == "u")
+    assert u_row[header.index("sasft_final")] is None  # None, not "": W&B tables need one type
+    assert u_row[header.index("best")] == "task_only"
+
+
+def test_reference_ratio_changes_the_count(sweep, tmp_path):
+    rep = report.build_report(sweep, out_dir=tmp_path / "at_half", ratio=0.5)
+    assert rep.headline == "SA-SFT best in 3 of 3 scenarios"
+    assert (tmp_path / "at_half" / "report.md").is_file()
+
+
+def test_missing_runs_are_listed_never_counted(sweep):
+    rep = report.build_report(sweep)
+    assert len(rep.runs) == len(RUNS)
+    assert [d.name for d, _ in rep.missing] == ["ratio2.0_seed0"]
+    md = (rep.out_dir / "report.md").read_text()
+    assert "ratio2.0_seed0" in md.split("## Missing runs")[1]
+    assert ".hydra" not in md
+    # A second report finds its own output folder inside the sweep and ignores it.
+    again = report.build_report(sweep)
+    assert len(again.runs) == len(RUNS) and len(again.missing) == 1
+
+
+def test_figures_are_written(sweep):
+    rep = report.build_report(sweep)
+    for name in (report.FIG2, report.FIG3):
+        path = rep.out_dir / name
+        assert path.is_file() and path.stat().st_size > 1000
+        assert f"]({name})" in (rep.out_dir / "report.md").read_text()
+    steps = list(csv.DictReader((rep.out_dir / "in_domain_steps.csv").open()))
+    sasft_end = [r for r in steps if r["method"] == "sasft" and r["step"] == "10"]
+    assert float(sasft_end[0]["mean"]) == pytest.approx(0.85)  # ratio 1.0 only
+
+
+def test_figure2_skipped_with_one_ratio(tmp_path):
+    root = tmp_path / "one_ratio"
+    for (method, ratio, seed), finals in RUNS.items():
+        if ratio == 1.0:
+            write_run(root, method, ratio, seed, finals)
+    (root / "report").mkdir(parents=True)
+    (root / "report" / report.FIG2).write_bytes(b"a stale figure from an earlier report")
+    rep = report.build_report(root)
+    assert not (rep.out_dir / report.FIG2).exists()
+    assert "Figure 2 skipped" in (rep.out_dir / "report.md").read_text()
+    assert "No run has a drift.json yet" in (rep.out_dir / "report.md").read_text()
+
+
+def test_cli(sweep, capsys):
+    report.main([str(sweep), "--ratio", "1.0"])
+    assert "SA-SFT best in 2 of 3 scenarios" in capsys.readouterr().out
+
+
+class FakeWandb(SimpleNamespace):
+    """Records what the report logs, without starting W&B's service process."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__(logged={}, init_kwargs=None, finished=False, summary={}, fail=fail)
+
+    def init(self, **kwargs):
+        if self.fail:
+            raise RuntimeError("no network")
+        self.init_kwargs = kwargs
+        return self
+
+    def log(self, payload):
+        self.logged.update(payload)
+
+    def finish(self):
+        self.finished = True
+
+    Table = staticmethod(lambda columns, data: ("table", columns, data))
+    Image = staticmethod(lambda path: ("image", path))
+
+
+def test_wandb_logs_table_and_figures_offline_without_key(sweep, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    report.build_report(sweep, use_wandb=True)
+    assert fake.init_kwargs["job_type"] == "report"
+    assert fake.init_kwargs["mode"] == "offline"
+    kind, columns, data = fake.logged["scenarios"]
+    assert kind == "table" and "sasft_final" in columns and len(data) == 3
+    assert fake.logged["fig2_mix_ratio"][0] == "image"
+    assert fake.logged["fig3_in_domain_steps"][0] == "image"
+    assert fake.finished and fake.summary["headline"] == "SA-SFT best in 2 of 3 scenarios"
+
+
+def test_wandb_failure_does_not_fail_the_report(sweep, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb(fail=True))
+    rep = report.build_report(sweep, use_wandb=True)
+    assert (rep.out_dir / "report.md").is_file()
