@@ -167,12 +167,16 @@ class Tracker:
         if self.run is None:
             return
         run, self.run = self.run, None
+        interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
         try:
-            if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            if interrupted:
                 run.mark_preempting()
             run.finish(exit_code=0 if error is None else 1)
         except Exception as e:  # noqa: BLE001
-            log.warning("W&B: finishing the run failed (%s: %s)", type(e).__name__, e)
+            # Expected when SLURM stops a job: its SIGTERM reaches wandb's own process too.
+            log.log(logging.INFO if interrupted else logging.WARNING,
+                    "W&B: could not close the run (%s: %s)%s", type(e).__name__, e,
+                    "; the next attempt continues it" if interrupted else "")
 
     def __enter__(self) -> Tracker:
         return self

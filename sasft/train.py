@@ -10,6 +10,7 @@ import torch
 from datasets import Dataset
 from transformers import (DataCollatorWithFlattening, Trainer, TrainerCallback,
                           TrainingArguments)
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .data import collator, tokenize
 
@@ -18,10 +19,27 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops and records nothing."""
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """`group_by_length` batches in an order drawn from (seed, epoch) alone. The Trainer's own
+    sampler draws it from the global RNG, which a run resumed from a checkpoint restores only
+    after drawing the epoch's order: resumed inside any epoch but the first, it would train on
+    other batches than an uninterrupted run of the same seed."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:  # called by the Trainer before each epoch
+        self.generator.manual_seed(self.seed + epoch)
+
+
 class SFTTrainer(Trainer):
-    """The Trainer, with two changes: it stops at once on a non-finite loss instead of
-    training on garbage, and its periodic evaluation is the in-domain benchmark through
-    lm-eval (the paper's Figure 3), logged like any metric: to the history and to trackers."""
+    """The Trainer, with three changes: it stops at once on a non-finite loss instead of
+    training on garbage; its periodic evaluation is the in-domain benchmark through
+    lm-eval (the paper's Figure 3), logged like any metric: to the history and to trackers;
+    and its length-grouped batch order is seeded per epoch, so that a run resumed from a
+    checkpoint trains on the same batches as an uninterrupted one."""
 
     def __init__(self, *args, in_domain_eval=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -33,6 +51,13 @@ class SFTTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control,
                                                          metrics)
         return metrics
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if type(sampler) is LengthGroupedSampler:  # random sampling is seeded per epoch already
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
+        return sampler
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)

@@ -87,7 +87,7 @@ def test_empty_task_file(make_cfg, tmp_path):
     ('{"prompt": "a", "response": ', "malformed JSON"),
     ('{"prompt": "a"}', "needs a non-empty string 'response'"),
     ('["a", "b"]', "expected a JSON object"),
-    ('{"messages": [{"role": "robot", "content": "x"}]}', "needs a 'role'"),
+    ('{"messages": [{"role": "robot", "content": "x"}]}', r"messages\[0\] needs a 'role'"),
 ])
 def test_malformed_line_names_file_and_line(make_cfg, tmp_path, bad_line, needle):
     good = '{"prompt": "Is 7 odd or even?", "response": "odd"}\n'

@@ -20,11 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
+from transformers import TrainerCallback
 
 from sasft import evaluate, generation
+from sasft.data import build_mix
+from sasft.model import load_model
+from sasft.pipeline import load_task
 from sasft.record import RESULTS_FILE
 from sasft.report import find_runs
+from sasft.train import last_checkpoint, train
 
 from tests.conftest import compose_config
 
@@ -105,17 +110,17 @@ class Sweep:
             self.cancel()
 
     def cancel(self) -> None:
-        ids = job_ids(self.dir)
+        # submitit's folders are named after the job or array ids, started or still queued.
+        ids = [p.name for p in (self.dir / ".submitit").glob("[0-9]*") if p.is_dir()]
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
 
 
 def job_ids(sweep_dir: Path) -> list[str]:
-    """The sweep's SLURM job ids (`<array>_<task>`, or `<id>` for a one-job sweep), from
-    submitit's folders."""
-    root = sweep_dir / ".submitit"
-    return sorted(p.name for p in root.iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)) \
-        if root.is_dir() else []
+    """The SLURM ids of the sweep's jobs that started (`<array>_<task>`, or `<id>` for a
+    one-job sweep), from submitit's logs (`<id>_<rank>_log.out`)."""
+    return sorted(p.name.removesuffix("_0_log.out")
+                  for p in (sweep_dir / ".submitit").glob("*/*_0_log.out"))
 
 
 def job_logs(sweep_dir: Path) -> str:
@@ -177,9 +182,11 @@ def test_a_sweep_runs_on_slurm_and_a_relaunch_redoes_only_what_is_missing(cluste
 # --- preemption: a requeued job resumes from its checkpoint -----------------------------------------
 
 # Long enough that a signal sent after the first checkpoint lands mid-training.
-# (200 steps, about 20 s of training on one free core; the first checkpoint comes after 1 s.)
-LONG = ["method=task_only", "task.max_train_examples=400", "train.epochs=2", "train.batch_size=4",
-        "train.save_steps=10", "train.logging_steps=5", "train.eval_every_steps=50"]
+# 3 epochs of 50 steps, about 15 s of training on one free core. The job is stopped after its
+# first checkpoint in the second epoch, where resuming is hardest (the epoch's batch order).
+LONG = ["method=task_only", "task.max_train_examples=200", "train.epochs=3", "train.batch_size=4",
+        "train.save_steps=10", "train.logging_steps=5", "train.eval_every_steps=40"]
+CUT_AFTER = 60
 # Final scores and per-step losses of the resumed run against the uninterrupted one: the
 # Trainer restores weights, optimizer, schedule, RNG and data position, so they agree exactly
 # on the CPU; the bound leaves room for nothing but float noise.
@@ -202,9 +209,9 @@ def test_a_preempted_job_resumes_from_its_checkpoint_and_matches_an_uninterrupte
     try:
         deadline = time.monotonic() + 240
         steps: list[int] = []
-        while not steps:  # the first complete checkpoint of the run to preempt
-            assert cut.proc.poll() is None, "the sweep ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+        while not steps or steps[-1] < CUT_AFTER:
+            assert cut.proc.poll() is None, "the sweep ended before the checkpoint"
+            assert time.monotonic() < deadline, f"no checkpoint {CUT_AFTER} within 240 s"
             time.sleep(0.2)
             dirs = run_dirs(cut.dir)
             steps = _complete_checkpoints(dirs["task_only"]) if dirs else []
@@ -231,9 +238,14 @@ def test_a_preempted_job_resumes_from_its_checkpoint_and_matches_an_uninterrupte
     # The resubmitted job ran in the same Hydra output dir and found the checkpoint it left.
     assert resumed_from == (run_dir / "checkpoints").resolve() and resumed_step >= at_signal
     assert list(run_dirs(cut.dir)) == ["task_only"]
-    # SLURM's accounting: the same job, requeued (no new job was submitted).
-    sacct = subprocess.run(["sacct", "-n", "-X", "-D", "-j", job, "-o", "State"],
-                           capture_output=True, text=True, timeout=30).stdout.split()
+    # SLURM's accounting: the same job, requeued (no new job was submitted). The launcher
+    # returns once the result is written, a moment before SLURM records the job's end.
+    for _ in range(60):
+        sacct = subprocess.run(["sacct", "-n", "-X", "-D", "-j", job, "-o", "State"],
+                               capture_output=True, text=True, timeout=30).stdout.split()
+        if sacct and sacct[-1] not in ("RUNNING", "COMPLETING", "PENDING"):
+            break
+        time.sleep(0.5)
     assert "REQUEUED" in sacct and sacct[-1] == "COMPLETED", sacct
 
     got = json.loads((run_dir / RESULTS_FILE).read_text())
@@ -253,6 +265,53 @@ def test_a_preempted_job_resumes_from_its_checkpoint_and_matches_an_uninterrupte
     assert "tracking is off" not in logs and "could not start" not in logs
     print(f"\npreempted after checkpoint {at_signal}, resumed from {resumed_step}; "
           f"max |loss diff| {max(diffs):.1e}; {total_s:.0f} s")
+
+
+# --- resuming, without a cluster: what a requeued job does, in-process ------------------------
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAt(TrainerCallback):
+    """Stops training at a step like a SIGKILL would: no end-of-training save."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Killed(f"killed at step {self.step}")
+
+
+@pytest.mark.slow
+def test_a_run_resumed_in_a_later_epoch_trains_like_an_uninterrupted_one(tmp_path):
+    cfg = compose_config(["method=task_only"])
+    with open_dict(cfg):
+        cfg.task.max_train_examples = 48
+        cfg.train.update(epochs=3, batch_size=8, logging_steps=1, save_steps=2,
+                         eval_every_steps=0)  # 6 steps an epoch
+    mix = build_mix(load_task(cfg.task), [], seed=0)
+
+    def run(run_dir, callbacks=()):
+        model, tokenizer = load_model(cfg.model)
+        return train(model, tokenizer, mix, cfg.train, run_dir, 0, callbacks=list(callbacks))
+
+    want = run(tmp_path / "uninterrupted")
+    with pytest.raises(_Killed):
+        run(tmp_path / "cut", [_KillAt(9)])  # in the second epoch; last checkpoint: 8
+    # A kill while writing checkpoint 10 would leave it without trainer_state.json: skipped.
+    partial = tmp_path / "cut" / "checkpoints" / "checkpoint-10"
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    assert last_checkpoint(tmp_path / "cut").endswith("checkpoint-8")
+    got = run(tmp_path / "cut")
+
+    loss = lambda h: {e["step"]: e["loss"] for e in h if "loss" in e}  # noqa: E731
+    assert loss(got).keys() == loss(want).keys() == set(range(1, 19))
+    for step, value in loss(want).items():
+        assert loss(got)[step] == pytest.approx(value, abs=RESUME_TOL), step
 
 
 # --- the shared cache: a crashed producer leaves nothing half-written ---------------------------
@@ -331,7 +390,10 @@ def test_a_producer_killed_mid_write_leaves_no_entry_and_the_next_one_makes_it(t
 
 
 def test_failed_base_scoring_leaves_no_scores_and_is_redone(tmp_path, monkeypatch):
-    benchmarks = {"a": {"file": "a.jsonl"}, "b": {"file": "b.jsonl"}}
+    benchmarks = {}
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+        benchmarks[name] = {"file": str(tmp_path / f"{name}.jsonl")}
     eval_cfg = compose_config().eval
 
     def broken(model, tokenizer, todo, cfg):
