@@ -17,10 +17,9 @@ import argparse
 import logging
 import time
 
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from sasft.config import CONF_DIR
+from sasft.config import compose_config
 from sasft.evaluate import evaluate
 from sasft.model import load_model
 from sasft.pipeline import benchmarks_of
@@ -34,8 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=args.overrides)
+    cfg = compose_config(args.overrides)
     model, tokenizer = load_model(cfg.model)
     benchmarks, _ = benchmarks_of(cfg)
     rows = []

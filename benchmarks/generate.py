@@ -18,10 +18,9 @@ import logging
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from sasft.config import CONF_DIR
+from sasft.config import compose_config
 from sasft.generation import generate_self_dialogues
 from sasft.model import load_model
 
@@ -47,8 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=args.overrides)
+    cfg = compose_config(args.overrides)
     model, tokenizer = load_model(cfg.model)
     gen = cfg.generation
     batch_size = gen.batch_size

@@ -21,10 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from sasft.config import CONF_DIR
+from sasft.config import compose_config
 from sasft.pipeline import run_experiment
 
 SHRINK = {"task.max_train_examples": 48, "train.epochs": 1, "eval.limit": 20,
@@ -32,8 +31,7 @@ SHRINK = {"task.max_train_examples": 48, "train.epochs": 1, "eval.limit": 20,
 
 
 def grid_config(method: str, seed: int, cache_dir: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"method={method}", f"seed={seed}", *overrides])
+    cfg = compose_config([f"method={method}", f"seed={seed}", *overrides])
     with open_dict(cfg):
         cfg.cache_dir = str(cache_dir)
         for key, value in SHRINK.items():

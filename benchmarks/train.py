@@ -31,13 +31,12 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from sasft.config import CONF_DIR
+from sasft.config import compose_config
 from sasft.data import build_mix
 from sasft.method import MixContext
 from sasft.model import fingerprint, load_model
@@ -162,8 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=args.overrides)
+    cfg = compose_config(args.overrides)
     model, tokenizer = load_model(cfg.model)
     start = time.perf_counter()
     mix, info = run_mix(cfg, model, tokenizer)

@@ -57,3 +57,14 @@ def validate(cfg: DictConfig) -> None:
 
 def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def compose_config(overrides: list[str] = ()) -> DictConfig:
+    """The config `run.py` would get with these command-line overrides, without running
+    Hydra's app (for scripts, benchmarks and tests)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))

@@ -3,7 +3,7 @@
 What a run holds (`conf/wandb/default.yaml` configures it):
   - config: the resolved Hydra config, plus the run directory and the SLURM job id;
   - group: the scenario (`<model>/<task>`) and job type: the method, so that methods sit side
-    by side; tags: model, task, method, mix ratio, seed (and `wandb.tags`);
+    by side; tags: model, task, method, mix ratio, seed, peft (and `wandb.tags`);
   - history: the Trainer's logs (`train/loss`, `train/learning_rate`, ...) and the in-domain
     score during training (`eval/in_domain`), all against `train/global_step`;
   - summary: base, final and delta per benchmark (`<benchmark>/base`, ...), the means
@@ -97,8 +97,11 @@ def _run_id(run_dir: Path) -> tuple[str, bool]:
 
 
 def identity(cfg: DictConfig) -> dict:
-    return {"model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
-            "mix_ratio": cfg.mix_ratio, "seed": cfg.seed}
+    who = {"model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
+           "mix_ratio": cfg.mix_ratio, "seed": cfg.seed}
+    if cfg.get("peft") is not None:  # full fine-tuning or LoRA: filter on it, never mix them
+        who["peft"] = cfg.peft.name
+    return who
 
 
 class Tracker:
@@ -136,7 +139,7 @@ class Tracker:
                 self._failed("summary update", e)
 
     def callbacks(self) -> list[TrainerCallback]:
-        return [WandbCallback(self)] if self.active else []
+        return [WandbLogCallback(self)] if self.active else []
 
     def log_results(self, results: dict, run_dir: Path) -> None:
         """Scores, deltas, mix sizes and timings into the summary; the sample dialogues as a table."""
@@ -200,7 +203,7 @@ def dialogue_table(rows: list[dict], source: str):
     return table
 
 
-class WandbCallback(TrainerCallback):
+class WandbLogCallback(TrainerCallback):
     """The Trainer's logs into the tracker: `loss` -> `train/loss`, `eval_in_domain` ->
     `eval/in_domain`, each with `train/global_step` as its x axis."""
 
@@ -236,6 +239,8 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
     wcfg = cfg.get("wandb")
     if wcfg is None or not wcfg.enabled:
         return Tracker()
+    if int(os.environ.get("RANK", 0)) != 0:  # torchrun / accelerate: one W&B run, from rank 0
+        return Tracker()
     global _said_offline
     run_dir = Path(run_dir)
     try:
@@ -249,8 +254,8 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
         root = Path(wcfg.get("dir") or os.environ.get("WANDB_DIR") or run_dir)
         root.mkdir(parents=True, exist_ok=True)
         if why and not _said_offline:
-            log.warning("W&B: %s; logging offline under %s/wandb. Upload later with "
-                        "`wandb sync %s/wandb/offline-run-*`", why, root, root)
+            log.warning("W&B: %s; runs are logged offline, this one under %s/wandb. Upload "
+                        "them later with `wandb sync <dir>/wandb/offline-run-*`", why, root)
             _said_offline = True
         config = {**resolved(cfg), "run_dir": str(run_dir.resolve()),
                   "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
@@ -261,7 +266,10 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
             name=f"{who['method']} r{who['mix_ratio']} s{who['seed']}",
             tags=[f"{k}:{v}" for k, v in who.items()] + list(wcfg.get("tags") or []),
             config=config,
-            settings=wandb.Settings(init_timeout=60),
+            # No console capture: wandb would wrap every stdout/stderr write in a handler that
+            # swallows exceptions, including one that submitit's signal handler raises there.
+            # The job's own log (SLURM's, the terminal) keeps the console output.
+            settings=wandb.Settings(init_timeout=60, console="off"),
         )
         try:
             run = wandb.init(**kwargs)

@@ -9,17 +9,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
-from sasft.config import CONF_DIR  # noqa: E402
-
-
-def compose_config(overrides: list[str] = ()) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from sasft.config import compose_config  # noqa: E402, F401  (tests import it from here)
 
 
 def shrink(cfg: DictConfig, tmp_path) -> DictConfig:

@@ -130,8 +130,8 @@ def job_logs(sweep_dir: Path) -> str:
 
 def run_dirs(sweep_dir: Path) -> dict[str, Path]:
     """{method: run dir} of the sweep's runs: the dirs Hydra gave a job (they hold `.hydra/`)."""
-    dirs = [p.parent for p in sweep_dir.rglob(".hydra") if ".submitit" not in p.parts]
-    return {OmegaConf.load(d / ".hydra" / "config.yaml").method.name: d for d in dirs}
+    configs = [p for p in sweep_dir.rglob(".hydra/config.yaml") if ".submitit" not in p.parts]
+    return {OmegaConf.load(c).method.name: c.parent.parent for c in configs}
 
 
 # --- a downsized sweep, relaunched ---------------------------------------------------------------
@@ -181,9 +181,9 @@ def test_a_sweep_runs_on_slurm_and_a_relaunch_redoes_only_what_is_missing(cluste
 
 # --- preemption: a requeued job resumes from its checkpoint -----------------------------------------
 
-# Long enough that a signal sent after the first checkpoint lands mid-training.
-# 3 epochs of 50 steps, about 15 s of training on one free core. The job is stopped after its
-# first checkpoint in the second epoch, where resuming is hardest (the epoch's batch order).
+# 3 epochs of 50 steps, about 15 s of training on one free core: the job is stopped after its
+# first checkpoint in the second epoch, mid-training, where resuming is hardest (the epoch's
+# batch order must come out as in an uninterrupted run).
 LONG = ["method=task_only", "task.max_train_examples=200", "train.epochs=3", "train.batch_size=4",
         "train.save_steps=10", "train.logging_steps=5", "train.eval_every_steps=40"]
 CUT_AFTER = 60

@@ -101,7 +101,7 @@ def test_a_run_logs_config_curves_scores_and_dialogues_offline(make_cfg, tmp_pat
     run = logged["run"]
     assert run.run_group == f"tiny/{cfg.task.name}" and run.job_type == "sasft"
     assert set(run.tags) == {"model:tiny", f"task:{cfg.task.name}", "method:sasft",
-                             "mix_ratio:0.5", "seed:0", "ci"}
+                             "mix_ratio:0.5", "seed:0", f"peft:{cfg.peft.name}", "ci"}
     assert run.run_id == (run_dir / tracking.RUN_ID_FILE).read_text()
     # The resolved config, as results.json records it, plus where the run lives.
     config = logged["config"]
@@ -165,7 +165,7 @@ def test_offline_fallback_is_said_once(monkeypatch, tmp_path, tiny_cfg, caplog):
         with tracking.start(tiny_cfg, tmp_path / job) as tracker:
             assert tracker.active
             tracker.log({"train/loss": 1.0, "train/global_step": 1})
-    said = [r for r in caplog.records if "logging offline" in r.getMessage()]
+    said = [r for r in caplog.records if "logged offline" in r.getMessage()]
     assert len(said) == 1 and "API key" in said[0].getMessage()
 
 

@@ -109,14 +109,10 @@ def ensure_toy_model(model_cfg, force: bool = False) -> Path:
 
 
 def main(argv: list[str]) -> None:
-    from hydra import compose, initialize_config_dir
+    from ..config import compose_config
 
-    from ..config import CONF_DIR
-
-    overrides = [a for a in argv if not a.startswith("force=")]
     force = any(a in ("force=true", "force=True") for a in argv)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config([a for a in argv if not a.startswith("force=")])
     if "toy" not in cfg.model:
         raise SystemExit(f"model={cfg.model.name} is not a toy model (no 'toy:' block to build)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
