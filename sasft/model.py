@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from .config import ConfigError
 
@@ -47,7 +47,10 @@ def load_tokenizer(cfg):
     """The model's own tokenizer and chat template; a model without a chat template is
     refused here, before any weights are read (SA-SFT needs the model's own chat format)."""
     source = model_source(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(source, **_hub_kwargs(cfg))
+    # A toy checkpoint's tokenizer is the generic character tokenizer whatever the architecture;
+    # AutoTokenizer would re-map it by model type (qwen2 -> Qwen2Tokenizer, losing the spaces).
+    loader = PreTrainedTokenizerFast if "toy" in cfg else AutoTokenizer
+    tokenizer = loader.from_pretrained(source, **_hub_kwargs(cfg))
     if not tokenizer.chat_template:
         raise ConfigError(
             f"model {cfg.name} ({source}) has no chat template; SA-SFT needs a chat (instruct) "

@@ -39,3 +39,15 @@ def test_loss_falls_on_assistant_tokens_only():
     assert tokenizer.decode(trained) == "Sure! The answer is 4.<|end|>"
     full = tokenize(tokenizer, dialogue, max_length=256, assistant_only=False)
     assert full["labels"] == full["input_ids"]
+
+
+def test_every_toy_model_loads_the_character_tokenizer():
+    # AutoTokenizer maps a qwen2 checkpoint to Qwen2Tokenizer, which drops the spaces of the
+    # toy character vocabulary; the toy models must load their own tokenizer unchanged.
+    from sasft.config import compose_config
+    from sasft.model import load_tokenizer
+
+    for name in ("tiny", "tiny_qwen"):
+        tokenizer = load_tokenizer(compose_config([f"model={name}"]).model)
+        text = "Sure! It is red."
+        assert tokenizer.decode(tokenizer(text).input_ids) == text, name
