@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from .adapters import load_finetuned
 from .config import CONF_DIR
 from .data import read_jsonl, tokenize
-from .generation import _stop_ids, cached_self_dialogues
+from .generation import stop_ids, cached_self_dialogues
 from .model import fingerprint, load_model
 from .record import read_results, write_json_atomic
 from .report import (DRIFT_FILE, FIG_LAYERS, FIG_SCATTER, Run, at_reference, color, find_runs,
@@ -246,7 +246,7 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int,
                    batch_size: int) -> list[str]:
     """The greedy answer to each chat-templated prompt, cut at the first stop token (kept even
     if it never stopped: a runaway answer is still an answer in some style)."""
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_ids(model, tokenizer)
     answers: list[str] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right

@@ -58,7 +58,7 @@ def turn_header(tokenizer, history: Dialogue) -> str:
     return text[: text.index(_SENTINEL)]
 
 
-def _stop_ids(model, tokenizer) -> list[int]:
+def stop_ids(model, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id}
     extra = getattr(model.generation_config, "eos_token_id", None)
     ids.update(extra if isinstance(extra, list) else [extra] if extra is not None else [])
@@ -77,7 +77,7 @@ def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = 
     batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     tokenizer.padding_side = side
     batch = batch.to(model.device)
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_ids(model, tokenizer)
     sampling = cfg.temperature > 0
     out = model.generate(
         **batch,
@@ -119,7 +119,7 @@ def vllm_sampler(model, tokenizer, cfg, seed: int) -> Sampler:
             "generation.backend=vllm needs vLLM: pip install -e '.[vllm]' (on a CUDA machine), "
             f"or use generation.backend=hf ({e})"
         ) from None
-    stop = _stop_ids(model, tokenizer)
+    stop = stop_ids(model, tokenizer)
     llm = LLM(
         model=model.name_or_path,  # the directory or hub id the in-memory model came from
         tokenizer=model.name_or_path,
