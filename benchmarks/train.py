@@ -89,6 +89,8 @@ class Meter(TrainerCallback):
         self.warmup, self.tokens, self.start, self.end = warmup, Counter(), None, None
 
     def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():  # a step's kernels run asynchronously: wait for them
+            torch.cuda.synchronize()
         if state.global_step == self.warmup:
             self.start = time.perf_counter()
         elif state.global_step > self.warmup:

@@ -4,6 +4,7 @@ turn bad input into a clear error before any model is loaded or trained."""
 from __future__ import annotations
 
 import math
+from importlib.util import find_spec
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -44,6 +45,16 @@ def validate(cfg: DictConfig) -> None:
     backend = cfg.generation.get("backend", "hf")
     if backend not in ("hf", "vllm"):
         raise ConfigError(f"generation.backend must be one of hf, vllm; got {backend!r}")
+
+    if cfg.train.get("use_liger_kernel"):
+        import torch
+
+        missing = [need for need, ok in (("a CUDA GPU", torch.cuda.is_available()),
+                                         ("liger-kernel (pip install -e '.[liger]')",
+                                          find_spec("liger_kernel") is not None)) if not ok]
+        if missing:
+            raise ConfigError(f"train.use_liger_kernel=true needs {' and '.join(missing)}; "
+                              "or set train.use_liger_kernel=false")
 
     frozen = cfg.method.get("frozen_layers")
     if frozen is not None and (not isinstance(frozen, int) or frozen < 0):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from .data import Dialogue, read_jsonl, write_jsonl
@@ -79,17 +80,22 @@ def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = 
     batch = batch.to(model.device)
     stop = stop_ids(model, tokenizer)
     sampling = cfg.temperature > 0
-    out = model.generate(
-        **batch,
-        do_sample=sampling,
-        temperature=cfg.temperature if sampling else None,
-        top_p=cfg.top_p if sampling else None,
-        top_k=cfg.top_k if sampling else None,
-        max_new_tokens=cfg.max_new_tokens,
-        eos_token_id=stop,
-        pad_token_id=tokenizer.pad_token_id,
-        use_cache=True,  # whatever the checkpoint's config says: each step runs the new token only
-    )
+    # Not cuDNN's attention (PyTorch's pick for bf16 on an H100): it builds an execution plan
+    # for each new (batch, key length) shape, and generation meets new shapes all the time: a
+    # longer key at every step, a batch that shrinks as the filters drop dialogues. On an H100,
+    # 64 steps of a 0.5B model took 6.3 s on new shapes against 1.9 s without it.
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        out = model.generate(
+            **batch,
+            do_sample=sampling,
+            temperature=cfg.temperature if sampling else None,
+            top_p=cfg.top_p if sampling else None,
+            top_k=cfg.top_k if sampling else None,
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=stop,
+            pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,  # whatever the checkpoint's config says: each step runs the new token only
+        )
     texts: list[str | None] = []
     generated = 0
     for row in out[:, batch["input_ids"].shape[1]:].tolist():

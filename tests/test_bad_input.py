@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import MissingConfigException
 from omegaconf import open_dict
 
-from sasft import pipeline
+from sasft import config, pipeline
 from sasft.config import ConfigError
 from sasft.data import DataError
 from tests.conftest import compose_config
@@ -51,6 +51,16 @@ def test_unknown_method_on_the_command_line():
 def test_bad_mix_ratio(make_cfg, tmp_path, value, needle):
     with pytest.raises(ConfigError, match=needle):
         pipeline.run_experiment(make_cfg(f"mix_ratio={value}"), tmp_path)
+
+
+def test_liger_kernel_without_a_gpu_or_the_package(make_cfg, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(config, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"train.use_liger_kernel=true needs a CUDA GPU and "
+                                          r"liger-kernel \(pip install -e '.\[liger\]'\)"):
+        pipeline.run_experiment(make_cfg("train.use_liger_kernel=true"), tmp_path)
 
 
 @pytest.mark.parametrize("override", ["method.trainable_layers=5",

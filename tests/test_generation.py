@@ -151,7 +151,8 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(toy):
         train_cfg = cfg.train.copy()
         with open_dict(train_cfg):
             train_cfg.packing = packing
-        batch = train_collator(tokenizer, train_cfg)(rows)
+        batch = {k: v.to(model.device)  # the GPU, where there is one
+                 for k, v in train_collator(tokenizer, train_cfg)(rows).items()}
         assert ("attention_mask" in batch) != packing and batch["input_ids"].shape[0] == (
             1 if packing else len(rows))
         model.zero_grad()

@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from sasft import generation
 from sasft.pipeline import run_experiment
 from sasft.record import RESULTS_FILE
+from sasft.train import training_arguments
+from tests.conftest import compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -73,3 +75,18 @@ def test_freeze_changes_only_the_trainable_parameters(make_cfg, tmp_path):
         if k.endswith("layernorm.weight"):
             continue  # norms may barely move in one short epoch; the matrices must
         assert not torch.equal(base[k], tuned[k]), f"{k} did not train"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], {"train_sampling_strategy": "group_by_length", "use_liger_kernel": False,
+          "save_strategy": "no", "bf16": False, "eval_strategy": "steps"}),
+    (["train=full", "train.group_by_length=false", "train.use_liger_kernel=true"],
+     {"train_sampling_strategy": "random", "use_liger_kernel": True, "save_strategy": "steps",
+      "save_steps": 500, "bf16": True, "gradient_accumulation_steps": 8, "learning_rate": 1e-5}),
+])
+def test_train_config_reaches_the_trainer(tmp_path, overrides, expected):
+    """Each `train.*` knob lands in the Trainer's arguments (none is silently dropped)."""
+    cfg = compose_config(overrides).train
+    args = training_arguments(cfg, tmp_path, seed=3, use_cpu=True, evaluate=True)
+    assert {key: getattr(args, key) for key in expected} == expected
+    assert (args.seed, args.data_seed) == (3, 3)
