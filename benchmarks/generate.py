@@ -75,5 +75,6 @@ def main() -> None:
     print(f"batched / one at a time: {runs[0]['tokens_per_s'] / runs[1]['tokens_per_s']:.1f}x "
           f"(repeat by repeat: {ratios})")
 
+
 if __name__ == "__main__":
     main()

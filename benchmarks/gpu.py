@@ -5,7 +5,7 @@
     python benchmarks/gpu.py --layers 2 --vocab 1024  # a seconds-long smoke run, CPU included
 
 No hub access is needed: the model is Qwen2.5-0.5B-Instruct's architecture (`ARCH`, copied from
-its config.json) with random weights, beside a word-level tokenizer of the same vocabulary size
+its config.json) with random weights, beside a byte-level tokenizer of the same vocabulary size
 and a ChatML template. Both are written to a temporary directory and loaded the way a run loads
 a model, through `sasft.model.load_model` with `model=qwen0.5b` (bf16, sdpa, moved to the GPU).
 
@@ -169,7 +169,7 @@ def generation_runs(ckpt: Path, args) -> list[dict]:
     ]
     if find_spec("vllm") is not None:
         sample = vllm_sampler(model, tokenizer, gen, seed=0)
-        sample(prompts[:2], Counter())  # warm-up: CUDA graphs are captured at engine start
+        sample(prompts[:2], Counter())  # warm-up: the first requests pay for lazy initialization
         runs.append(timed("vllm", len(prompts), lambda s: sample(prompts, s)))
     else:
         print("vllm: not installed (pip install -e '.[vllm]' on a CUDA machine): not measured")

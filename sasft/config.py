@@ -49,9 +49,11 @@ def validate(cfg: DictConfig) -> None:
     if cfg.train.get("use_liger_kernel"):
         import torch
 
-        missing = [need for need, ok in (("a CUDA GPU", torch.cuda.is_available()),
-                                         ("liger-kernel (pip install -e '.[liger]')",
-                                          find_spec("liger_kernel") is not None)) if not ok]
+        missing = []
+        if not torch.cuda.is_available():
+            missing.append("a CUDA GPU")
+        if find_spec("liger_kernel") is None:
+            missing.append("liger-kernel (pip install -e '.[liger]')")
         if missing:
             raise ConfigError(f"train.use_liger_kernel=true needs {' and '.join(missing)}; "
                               "or set train.use_liger_kernel=false")
