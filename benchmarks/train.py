@@ -37,10 +37,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from sasft.config import compose_config
-from sasft.data import build_mix
-from sasft.method import MixContext
 from sasft.model import fingerprint, load_model
-from sasft.pipeline import load_task
+from sasft.pipeline import data_mix, load_task
 from sasft.train import SFTTrainer, tokenized_dataset, train_collator, training_arguments
 
 STRATEGIES = {  # name: (train.group_by_length, train.packing)
@@ -111,17 +109,14 @@ class MeteredTrainer(SFTTrainer):
 
 
 def run_mix(cfg, model, tokenizer) -> tuple[list[dict], dict]:
-    """The training mix of the run `cfg` describes, as `sasft.pipeline.run_experiment`
-    builds it, and the auxiliary data's statistics (cached or not)."""
+    """The training mix of the run `cfg` describes, built by the pipeline's own step, and the
+    auxiliary data's statistics (cached or not)."""
     method = instantiate(cfg.method)
     method.check(model.config)
     task = load_task(cfg.task)
-    n_aux = round(cfg.mix_ratio * len(task)) if method.mixes_data else 0
-    ctx = MixContext(model, tokenizer, cfg.generation, fingerprint(cfg.model), Path(cfg.cache_dir),
-                     cfg.seed)
-    auxiliary, stats = method.auxiliary(n_aux, ctx)
-    return build_mix(task, auxiliary, seed=cfg.seed), {"method": method.name, "task": len(task),
-                                                       "auxiliary": len(auxiliary), **stats}
+    mix, auxiliary, stats = data_mix(cfg, method, task, model, tokenizer, fingerprint(cfg.model))
+    return mix, {"method": method.name, "task": len(task.train), "auxiliary": len(auxiliary),
+                 **stats}
 
 
 def measure(cfg, model, base_state, tokenizer, dataset, strategy: str, warmup: int, steps: int,

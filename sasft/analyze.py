@@ -1,7 +1,7 @@
 """Drift analysis: how far fine-tuning moved a model from its base, in weights and in behaviour.
 
     python -m sasft.analyze outputs/                        # every finished run under it
-    python -m sasft.analyze outputs/tiny/parity/sasft/ratio1.0_seed0
+    python -m sasft.analyze outputs/tiny/parity/sasft/full_ratio1.0_seed0-b91cc78e
     python -m sasft.analyze outputs/ --dialogues 64 --max-prompts 100 --force
 
 For each finished run that kept its weights (`model/`, train.save_model=true) it writes
@@ -460,7 +460,8 @@ def analyze(target: Path, settings: Settings, force: bool = False) -> tuple[list
 def summary_line(run: Run, drift: dict) -> str:
     leak = drift["style_leakage"]
     share = "n/a" if leak["share"] is None else f"{leak['share']:.0%}"
-    return (f"{run.model}/{run.task}/{run.method} ratio {run.ratio:g} seed {run.seed}: "
+    ratio = f" ratio {run.ratio:g}" if run.ratio is not None else ""
+    return (f"{run.model}/{run.task}/{run.method}{ratio} seed {run.seed}: "
             f"weights {drift['weights']['mean_layer']:.4f}, "
             f"self-dialogue NLL {drift['self_dialogue_nll']['increase']:+.4f}, "
             f"KL {drift['kl']['mean']:.4f}, leaked {share} ({leak['rule']})")
@@ -482,7 +483,7 @@ LABELS = [label for label, _ in MEASURES.values()]
 def drift_rows(records: list[tuple[Run, dict]]) -> tuple[list[str], list[list]]:
     header = ["model", "task", "method", "mix_ratio", "seed", "general_delta",
               "in_domain_delta", "weight_global", *MEASURES, "leakage_rule"]
-    rows = [[r.model, r.task, r.method, r.ratio, r.seed,
+    rows = [[r.model, r.task, r.label, r.ratio, r.seed,
              r.results["summary"].get("general_delta"), r.results["summary"].get("in_domain_delta"),
              d["weights"]["global"], *(read(d) for _, read in MEASURES.values()),
              d["style_leakage"]["rule"]] for r, d in records]
@@ -492,10 +493,10 @@ def drift_rows(records: list[tuple[Run, dict]]) -> tuple[list[str], list[list]]:
 def method_lines(records: list[tuple[Run, dict]], ratio: float | None) -> list[str]:
     chosen = [(r, d) for r, d in records if at_reference(r, ratio)]
     rows = []
-    for method in ordered({r.method for r, _ in chosen}):
+    for method in ordered({r.label for r, _ in chosen}):
         cells = []
         for _, read in MEASURES.values():
-            pairs = [(r.seed, read(d)) for r, d in chosen if r.method == method
+            pairs = [(r.seed, read(d)) for r, d in chosen if r.label == method
                      and read(d) is not None]
             cells.append(seed_stats(pairs).text() if pairs else "–")
         rows.append([method, *cells])
@@ -507,13 +508,13 @@ def layer_figure(records: list[tuple[Run, dict]], ratio: float | None, out_dir: 
     method), methods side by side; embeddings left of layer 0, lm_head right of the last."""
     chosen = [(r, d) for r, d in records if at_reference(r, ratio)]
     models = sorted({r.model for r, _ in chosen})
-    methods = ordered({r.method for r, _ in chosen})
+    methods = ordered({r.label for r, _ in chosen})
     plt = pyplot()
     fig, axes = plt.subplots(len(models), len(methods), figsize=(4 * len(methods),
                              3.2 * len(models)), squeeze=False, sharey=True)
     for row, model in enumerate(models):
         for col, method in enumerate(methods):
-            drifts = [d["weights"] for r, d in chosen if (r.model, r.method) == (model, method)]
+            drifts = [d["weights"] for r, d in chosen if (r.model, r.label) == (model, method)]
             _layer_panel(axes[row][col], drifts)
             axes[row][col].set_title(f"{model} / {method} ({len(drifts)} runs)")
     axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -553,7 +554,7 @@ def scatter_figure(records: list[tuple[Run, dict]], out_dir: Path) -> tuple[Path
                              sharey=True)
     stats = []
     for ax, (name, read) in zip(axes[0], MEASURES.values()):
-        points = [(read(d), r.results["summary"]["general_delta"], r.method) for r, d in records
+        points = [(read(d), r.results["summary"]["general_delta"], r.label) for r, d in records
                   if read(d) is not None and "general_delta" in r.results.get("summary", {})]
         for method in ordered({m for _, _, m in points}):
             ax.scatter([x for x, _, m in points if m == method],

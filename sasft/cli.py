@@ -1,9 +1,11 @@
 """The `run.py` entry: one experiment in its Hydra output directory, reported on the console
 and tracked in W&B.
 
-Kept apart from the pipeline so that the pipeline stays a plain function of a config. The same
-entry runs under a SLURM sweep (conf/hydra/launcher/slurm.yaml): a finished run is skipped, and
-a requeued or relaunched one resumes from its last training checkpoint in the same directory."""
+Kept apart from the pipeline so that the pipeline stays a plain function of a config. The run's
+directory is named by its identity (sasft/rundir.py): a finished run of the same config is
+reported, not redone; a directory made for another config is refused; a second launch of a run
+that is under way waits for it. Under SLURM a requeued job resumes from its last checkpoint.
+A user's mistake (a SasftError) is printed as one line; a bug keeps its traceback."""
 
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ import logging
 import os
 import shutil
 import signal
+import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import record, tracking
+from . import dist, record, tracking
+from .config import SasftError
 from .pipeline import run_experiment
+from .rundir import check_identity, identity, owned
 from .train import last_checkpoint
 
 log = logging.getLogger("sasft")
@@ -30,17 +36,11 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(f"received signal {signum}")
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
 def check_cluster_settings(cfg: DictConfig) -> None:
     """Warn, in the job's log, about settings that make a SLURM job lose or redo work."""
     if "SLURM_JOB_ID" not in os.environ:
         return
-    if not cfg.train.get("save_steps"):
+    if not cfg.train.save_steps:
         log.warning("train.save_steps is null: no training checkpoints, so a preempted or "
                     "timed-out job retrains from step 0; add train.save_steps=N to the sweep")
     cache = Path(cfg.cache_dir).resolve()
@@ -53,34 +53,58 @@ def check_cluster_settings(cfg: DictConfig) -> None:
                     "cache_dir) at shared storage", cache)
 
 
-def main(cfg: DictConfig) -> float | None:
-    run_dir = run_dir_of(cfg)
+def claim(run_dir: Path, cfg: DictConfig, stack: ExitStack) -> dict | None:
+    """Make `run_dir` this run's and hold it (until `stack` closes); returns the recorded
+    results of a finished run to report, or None to run."""
+    check_identity(run_dir, identity(cfg))
+    stack.enter_context(owned(run_dir, cfg.owner_wait_s))
     done = record.read_results(run_dir)
-    if done is not None and not cfg.rerun:
-        log.info("already complete, not rerun (pass rerun=true to redo): %s", run_dir)
-        print(record.format_table(done["scores"]))
-        return done["summary"].get("general_final")
-    if done is not None:
+    if done is not None and cfg.rerun:
         # Redo from scratch: the finished run's checkpoints would only "resume" its last step.
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    # A plain `kill` (or SLURM's SIGTERM at a time limit) unwinds like Ctrl-C: no results file.
-    # Under submitit the launcher owns the signals, so leave its handlers alone.
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, _raise_interrupted)
-    check_cluster_settings(cfg)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    resume_from = last_checkpoint(run_dir)
-    if resume_from:
-        log.info("resuming training from %s (an earlier attempt of this run stopped there)",
-                 resume_from)
-    with tracking.start(cfg, run_dir) as tracker:
-        results = run_experiment(cfg, run_dir, callbacks=tracker.callbacks())
-        tracker.log_results(results, run_dir)
-    run = results["run"]
-    print(f"\n{run['method']} on {run['task']} ({run['model']}, mix_ratio={run['mix_ratio']}, "
-          f"seed={run['seed']}): {results['mix']['task']} task + "
-          f"{results['mix']['auxiliary']} auxiliary dialogues, "
-          f"{results['timings']['total']:.0f} s")
-    print(record.format_table(results["scores"]))
-    print(f"results: {run_dir / record.RESULTS_FILE}")
+        return None
+    return done
+
+
+def run(cfg: DictConfig, run_dir: Path) -> float | None:
+    dist.init()
+    with ExitStack() as stack:
+        done = dist.on_main(claim, run_dir, cfg, stack)
+        if done is not None:
+            if dist.is_main():
+                log.info("already complete, not rerun (pass rerun=true to redo): %s", run_dir)
+                print(record.format_table(done["scores"]))
+            return done["summary"].get("general_final")
+        # A plain `kill` (or SLURM's SIGTERM at a time limit) unwinds like Ctrl-C: no results
+        # file. Under submitit the launcher owns the signals, so leave its handlers alone.
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _raise_interrupted)
+        if dist.is_main():
+            check_cluster_settings(cfg)
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        resume_from = last_checkpoint(run_dir)
+        if resume_from:
+            log.info("resuming training from %s (an earlier attempt of this run stopped there)",
+                     resume_from)
+        with tracking.start(cfg, run_dir) as tracker:
+            results = run_experiment(cfg, run_dir, callbacks=tracker.callbacks())
+            tracker.log_results(results, run_dir)
+    if dist.is_main():
+        r, mix = results["run"], results["mix"]
+        ratio = f"mix_ratio={r['mix_ratio']}, " if r["mixes_data"] else ""
+        print(f"\n{r['method']} on {r['task']} ({r['model']}, {ratio}seed={r['seed']}): "
+              f"{mix['task']} task + {mix['auxiliary']} auxiliary dialogues, "
+              f"{results['timings']['total']:.0f} s")
+        print(record.format_table(results["scores"]))
+        print(f"results: {run_dir / record.RESULTS_FILE}")
     return results["summary"].get("general_final")
+
+
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except SasftError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

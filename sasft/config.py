@@ -12,12 +12,29 @@ from omegaconf import DictConfig, OmegaConf
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR.parent / "conf"
 
-# Paths inside the installed package (the toy world's data and checkpoints), wherever it lives.
-if not OmegaConf.has_resolver("sasft_pkg"):
-    OmegaConf.register_new_resolver("sasft_pkg", lambda rel: str(PACKAGE_DIR / rel))
 
 
-class ConfigError(ValueError):
+def _run_path(*, _root_) -> str:
+    from .rundir import run_path
+
+    return run_path(_root_)
+
+
+# `${sasft_pkg:...}`: a path inside the installed package (the toy world's data and
+# checkpoints), wherever it lives. `${sasft_run_path:}`: a run's directory, named by its
+# identity (hydra.run.dir and hydra.sweep.subdir in conf/config.yaml).
+for _name, _resolver in (("sasft_pkg", lambda rel: str(PACKAGE_DIR / rel)),
+                         ("sasft_run_path", _run_path)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
+
+
+class SasftError(Exception):
+    """A problem the user can fix, told in one line: the command prints the message alone,
+    without a traceback (a traceback means a bug)."""
+
+
+class ConfigError(SasftError, ValueError):
     """A configuration value that cannot work; the message names the field."""
 
 
@@ -32,6 +49,7 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
 
+    check_worlds(cfg)
     model = cfg.model
     if model.get("path"):
         path = Path(model.path)
@@ -66,6 +84,26 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"method.trainable_layers must be an integer >= 0, got {trainable!r}")
     if frozen is not None and trainable is not None:
         raise ConfigError("set method.frozen_layers or method.trainable_layers, not both")
+
+
+# The groups whose settings belong to one world, and the options of each world.
+_WORLD_OPTIONS = {"toy": {"train": "default", "eval": "toy", "generation": "default"},
+                  "real": {"train": "full or train=lora", "eval": "general", "generation": "chat"}}
+
+
+def check_worlds(cfg: DictConfig) -> None:
+    """The toy world's settings with a real model, or a real model's with a toy one, make a run
+    that measures nothing: the toy schedule (lr 1e-3) wrecks a real model, the toy benchmarks
+    ask a real model made-up facts, toy generation drops a real model's answers as truncated."""
+    if cfg.allow_world_mismatch:
+        return
+    world = cfg.model.world
+    for group, option in _WORLD_OPTIONS[world].items():
+        if cfg[group].world != world:
+            raise ConfigError(
+                f"model={cfg.model.name} is a {world} model, but {group}.world is "
+                f"{cfg[group].world}: use {group}={option} (or allow_world_mismatch=true to run "
+                "the mix anyway)")
 
 
 def resolved(cfg: DictConfig) -> dict:

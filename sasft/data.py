@@ -15,11 +15,13 @@ from pathlib import Path
 
 from transformers import DataCollatorForSeq2Seq
 
+from .config import SasftError
+
 Dialogue = list[dict]  # [{"role": ..., "content": ...}, ...]
 ROLES = {"system", "user", "assistant"}
 
 
-class DataError(ValueError):
+class DataError(SasftError, ValueError):
     """A data file that cannot be used; the message names the file and line."""
 
 
@@ -154,6 +156,11 @@ def tokenize(tokenizer, dialogue: Dialogue, max_length: int, assistant_only: boo
     else:
         labels = list(ids)
     return {"input_ids": ids, "labels": labels}
+
+
+def token_length(tokenizer, dialogue: Dialogue) -> int:
+    """The dialogue's length in tokens through the chat template, uncut."""
+    return len(tokenizer.apply_chat_template(dialogue, tokenize=True, return_dict=True)["input_ids"])
 
 
 def collator(tokenizer):

@@ -29,6 +29,7 @@ from filelock import FileLock
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from .config import SasftError
 from .data import Dialogue, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ BACKENDS = ("hf", "vllm")
 Sampler = Callable[[list[str], Counter], list["str | None"]]
 
 
-class GenerationError(RuntimeError):
+class GenerationError(SasftError, RuntimeError):
     """Generation could not produce enough usable dialogues within its bounded attempts."""
 
 

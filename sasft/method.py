@@ -29,7 +29,11 @@ class MixContext:
 
 class Method:
     name = "method"
-    mixes_data = False  # whether mix_ratio means anything for this method
+    mix_ratio: float | None = None  # auxiliary dialogues per task example, for methods that mix
+
+    @property
+    def mixes_data(self) -> bool:
+        return self.mix_ratio is not None
 
     def check(self, model_config) -> None:
         """Fail on bad settings before any weights are loaded or data generated."""
@@ -99,14 +103,13 @@ class ExternalMix(Method):
     (`corpus_hub_id`, e.g. HuggingFaceH4/ultrachat_200k, split train_sft, whose rows hold a
     `messages` list); a local file wins when both are set."""
 
-    mixes_data = True
-
-    def __init__(self, corpus_file: str | None = None, corpus_hub_id: str | None = None,
-                 corpus_hub_config: str | None = None, corpus_split: str = "train",
-                 corpus_revision: str | None = None, name: str = "ext_mix"):
+    def __init__(self, mix_ratio: float, corpus_file: str | None = None,
+                 corpus_hub_id: str | None = None, corpus_hub_config: str | None = None,
+                 corpus_split: str = "train", corpus_revision: str | None = None,
+                 name: str = "ext_mix"):
         if not corpus_file and not corpus_hub_id:
             raise ConfigError("ext_mix needs method.corpus_file or method.corpus_hub_id")
-        self.name, self.corpus_file = name, corpus_file
+        self.name, self.mix_ratio, self.corpus_file = name, mix_ratio, corpus_file
         self.hub = None if corpus_file else (corpus_hub_id, corpus_hub_config, corpus_split,
                                              corpus_revision)
         self._corpus = None
@@ -159,10 +162,8 @@ class ExternalMix(Method):
 class SelfDialogueMix(Method):
     """SA-SFT: task data plus the base model's own self-dialogues, generated before training."""
 
-    mixes_data = True
-
-    def __init__(self, name: str = "sasft"):
-        self.name = name
+    def __init__(self, mix_ratio: float, name: str = "sasft"):
+        self.name, self.mix_ratio = name, mix_ratio
 
     def auxiliary(self, count: int, ctx: MixContext) -> tuple[list[Dialogue], dict]:
         return cached_self_dialogues(ctx.model, ctx.tokenizer, count, ctx.generation, ctx.seed,

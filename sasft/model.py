@@ -61,17 +61,16 @@ def load_tokenizer(cfg):
     return tokenizer
 
 
-def load_config(cfg):
-    """The architecture alone (no weights): enough to check layer counts early. A toy model
-    not built yet is described by its spec, so checking never triggers a build. For any other
-    model the tokenizer is checked here too, so a model without a chat template fails with
-    the other early checks, before the task data, the weights or the benchmarks are loaded."""
-    if "toy" in cfg:
-        if not (Path(cfg.path) / "config.json").is_file():
-            return AutoConfig.for_model(cfg.toy.architecture, **cfg.toy.config)
-    else:
-        load_tokenizer(cfg)
-    return AutoConfig.from_pretrained(model_source(cfg), **_hub_kwargs(cfg))
+def inspect_model(cfg):
+    """The architecture and the tokenizer, without the weights: enough to check layer counts
+    and sequence lengths before anything expensive, and to refuse a model without a chat
+    template. A toy model not built yet is described by its spec, so checking never builds."""
+    if "toy" in cfg and not (Path(cfg.path) / "config.json").is_file():
+        from .toy.tokenizer import build_tokenizer
+
+        return AutoConfig.for_model(cfg.toy.architecture, **cfg.toy.config), build_tokenizer()
+    tokenizer = load_tokenizer(cfg)
+    return AutoConfig.from_pretrained(model_source(cfg), **_hub_kwargs(cfg)), tokenizer
 
 
 def _device() -> torch.device | None:

@@ -1,30 +1,35 @@
 """One experiment, top to bottom: check -> load model -> build the data mix -> train ->
 evaluate -> record. Every method runs this same function; a method only changes the mix or
-what is trainable. Works with or without Hydra: pass any config composed from `conf/`."""
+what is trainable. Works with or without Hydra: pass any config composed from `conf/`.
+Under torchrun every rank runs it; the work around training runs once (sasft/dist.py)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from . import record
-from .config import ConfigError, resolved, validate
+from . import dist, record
 from .adapters import apply_peft
-from .data import build_mix, read_jsonl, write_jsonl
+from .config import ConfigError, resolved, validate
+from .data import build_mix, read_jsonl, token_length, write_jsonl
 from .evaluate import cached_base_scores, evaluate
 from .method import MixContext
-from .model import fingerprint, load_config, load_model
-from .task import load_task
+from .model import fingerprint, inspect_model, load_model
+from .rundir import identity, identity_hash, variant
+from .task import Task, load_task
 from .train import train
 
 log = logging.getLogger(__name__)
+
+# A task whose training examples are cut by train.max_seq_len in more than this share is
+# refused: the model would learn the beginnings of answers.
+MAX_TRUNCATED_SHARE = 0.5
 
 
 @contextmanager
@@ -34,15 +39,39 @@ def _timed(timings: dict, stage: str):
     timings[stage] = round(time.perf_counter() - start, 2)
 
 
-def benchmarks_of(cfg: DictConfig) -> tuple[dict[str, dict], dict[str, str]]:
+def benchmarks_of(cfg: DictConfig, task: Task) -> tuple[dict[str, dict], dict[str, str]]:
     """The in-domain test (named after the task) and the general benchmarks, with kinds."""
-    specs = {cfg.task.name: dict(cfg.task.benchmark)}
+    specs = {cfg.task.name: task.benchmark}
     kinds = {cfg.task.name: "in_domain"}
     for name, spec in cfg.eval.general.items():
         if name in specs:
             raise ConfigError(f"eval.general.{name} has the same name as the task")
-        specs[name], kinds[name] = dict(spec), "general"
+        specs[name], kinds[name] = OmegaConf.to_container(spec, resolve=True), "general"
     return specs, kinds
+
+
+def count_truncated(tokenizer, task: Task, max_seq_len: int) -> dict:
+    """How many task examples train.max_seq_len cuts; refuses a length that cuts most."""
+    lengths = [token_length(tokenizer, d) for d in task.train]
+    cut = sum(n > max_seq_len for n in lengths)
+    if cut:
+        log.warning("train.max_seq_len=%d cuts %d of %d task examples (the longest has %d "
+                    "tokens)", max_seq_len, cut, len(lengths), max(lengths))
+    if cut > MAX_TRUNCATED_SHARE * len(lengths):
+        raise ConfigError(f"train.max_seq_len={max_seq_len} cuts {cut} of {len(lengths)} task "
+                          f"examples (the longest has {max(lengths)} tokens); raise it, e.g. "
+                          f"train.max_seq_len={-(-max(lengths) // 64) * 64}")
+    return {"examples": len(lengths), "cut": cut, "longest": max(lengths)}
+
+
+def data_mix(cfg: DictConfig, method, task: Task, model, tokenizer, model_id: str
+             ) -> tuple[list[dict], list, dict]:
+    """The training set: the task's dialogues and the method's auxiliary ones (made once, on
+    rank 0), shuffled together; and the auxiliary dialogues with their statistics."""
+    n_aux = round(method.mix_ratio * len(task.train)) if method.mixes_data else 0
+    ctx = MixContext(model, tokenizer, cfg.generation, model_id, Path(cfg.cache_dir), cfg.seed)
+    auxiliary, stats = dist.on_main(method.auxiliary, n_aux, ctx)
+    return build_mix(task.train, auxiliary, seed=cfg.seed), auxiliary, stats
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
@@ -51,16 +80,19 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     run_dir = Path(run_dir)
     timings: dict[str, float] = {}
     start = time.perf_counter()
+    fields = identity(cfg)
 
     # 1. Everything that can be checked without weights, before anything expensive.
     validate(cfg)
     method = instantiate(cfg.method)
-    task_data = load_task(cfg.task)
-    benchmarks, kinds = benchmarks_of(cfg)
+    task = load_task(cfg.task)
+    benchmarks, kinds = benchmarks_of(cfg, task)
     for spec in benchmarks.values():
         if spec.get("file"):
             read_jsonl(spec["file"])
-    method.check(load_config(cfg.model))
+    model_config, tokenizer = inspect_model(cfg.model)
+    method.check(model_config)
+    truncation = count_truncated(tokenizer, task, cfg.train.max_seq_len)
     set_seed(cfg.seed)
 
     # 2. The base model, and its scores (cached per model and benchmark).
@@ -68,53 +100,56 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
         model, tokenizer = load_model(cfg.model)
         model_id = fingerprint(cfg.model)
     with _timed(timings, "base_eval"):
-        base, computed = cached_base_scores(model, tokenizer, benchmarks, cfg.eval, model_id,
-                                            cfg.cache_dir)
+        base, computed = dist.on_main(cached_base_scores, model, tokenizer, benchmarks, cfg.eval,
+                                      model_id, cfg.cache_dir)
 
     # 3. The data mix: task data plus the method's auxiliary dialogues.
-    n_aux = round(cfg.mix_ratio * len(task_data)) if method.mixes_data else 0
     with _timed(timings, "auxiliary_data"):
-        ctx = MixContext(model, tokenizer, cfg.generation, model_id, Path(cfg.cache_dir), cfg.seed)
-        auxiliary, aux_stats = method.auxiliary(n_aux, ctx)
-    mix = build_mix(task_data, auxiliary, seed=cfg.seed)
-    write_jsonl(run_dir / "auxiliary_sample.jsonl",
-                [{"messages": d} for d in auxiliary[: cfg.generation.sample_size]])
-    log.info("mix: %d task + %d %s dialogues", len(task_data), len(auxiliary), method.name)
+        mix, auxiliary, aux_stats = data_mix(cfg, method, task, model, tokenizer, model_id)
+    if dist.is_main():
+        write_jsonl(run_dir / "auxiliary_sample.jsonl",
+                    [{"messages": d} for d in auxiliary[: cfg.generation.sample_size]])
+    log.info("mix: %d task + %d %s dialogues", len(task.train), len(auxiliary), method.name)
 
     # 4. Train: the method decides what is trainable; everything else is shared.
     method.select_trainable(model)
     model = apply_peft(model, cfg.get("peft"), method)  # LoRA adapters, if any, where it trains
+    in_domain = {cfg.task.name: benchmarks[cfg.task.name]}
 
     def in_domain_eval(m) -> float:  # the paper's Figure 3: in-domain score during training
-        return evaluate(m, tokenizer, {cfg.task.name: benchmarks[cfg.task.name]}, cfg.eval)[cfg.task.name]
+        return dist.on_main(evaluate, m, tokenizer, in_domain, cfg.eval)[cfg.task.name]
 
     with _timed(timings, "train"):
         history = train(model, tokenizer, mix, cfg.train, run_dir, cfg.seed,
                         in_domain_eval=in_domain_eval, callbacks=callbacks)
-    if cfg.train.get("save_model"):
+    if cfg.train.get("save_model") and dist.is_main():
         model.save_pretrained(run_dir / "model")
         tokenizer.save_pretrained(run_dir / "model")
 
     # 5. Evaluate the fine-tuned model on the same benchmarks.
     with _timed(timings, "final_eval"):
-        final = evaluate(model, tokenizer, benchmarks, cfg.eval)
+        final = dist.on_main(evaluate, model, tokenizer, benchmarks, cfg.eval)
 
     # 6. Record, last of all: results.json exists only for a complete run.
     timings["total"] = round(time.perf_counter() - start, 2)
     scores = record.score_table(base, final, kinds)
+    method_params = {k: v for k, v in resolved(cfg.method).items() if k not in ("_target_", "name")}
     results = {
         "run": {"model": cfg.model.name, "task": cfg.task.name, "method": method.name,
-                "mix_ratio": cfg.mix_ratio, "seed": cfg.seed, "mixes_data": method.mixes_data,
-                "peft": cfg.peft.name if cfg.get("peft") else "full"},
+                "method_params": method_params, "mix_ratio": method.mix_ratio,
+                "seed": cfg.seed, "mixes_data": method.mixes_data,
+                "peft": cfg.peft.name if cfg.get("peft") else "full",
+                "identity": identity_hash(fields), "variant": identity_hash(variant(fields))},
         "scores": scores,
         "summary": record.summarize(scores),
-        "mix": {"task": len(task_data), "auxiliary": len(auxiliary), "auxiliary_stats": aux_stats,
-                "base_scores_computed": computed},
+        "mix": {"task": len(task.train), "auxiliary": len(auxiliary), "auxiliary_stats": aux_stats,
+                "task_truncated": truncation, "base_scores_computed": computed},
         "history": [{"step": 0, "eval_in_domain": base[cfg.task.name]}, *history],
+        "identity": fields,
         "config": resolved(cfg),
         "timings": timings,
         "versions": record.versions(),
     }
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun/accelerate, one writer
+    if dist.is_main():  # under torchrun/accelerate, one writer
         record.write_results(run_dir, results)
     return results

@@ -1,15 +1,20 @@
 """`results.json`: the record of one finished run, and the interface that sweeps, reports and
 W&B build on. Written atomically, and only when the run is complete.
 
-Schema (version 1):
+Schema (version 2; version 1 had no identity and gave every method a mix_ratio):
     {
-      "schema": 1,
-      "run":    {"model", "task", "method", "mix_ratio", "seed"},
+      "schema": 2,
+      "run":    {"model", "task", "method" (the conf/method option), "method_params",
+                 "mix_ratio" (null for methods that mix nothing), "mixes_data", "seed", "peft",
+                 "identity" (hash of the identity, in the run directory's name),
+                 "variant" (hash of the identity without the seed)},
       "scores": {"<benchmark>": {"base", "final", "delta", "kind": "in_domain" | "general"}},
       "summary": {"in_domain_base", "in_domain_final", "in_domain_delta",
                   "general_base", "general_final", "general_delta"},   # general: mean over skills
-      "mix":    {"task": n, "auxiliary": n, "auxiliary_stats": {...}},
+      "mix":    {"task": n, "auxiliary": n, "auxiliary_stats": {...},
+                 "task_truncated": {"examples", "cut", "longest"}},   # by train.max_seq_len
       "history": [...],   # the Trainer's log history (loss, learning rate, in-domain evals)
+      "identity": {...},  # {dotted field: value}: what the run is (sasft/rundir.py)
       "config": {...},    # the resolved Hydra config
       "timings": {"<stage>": seconds, "total": seconds},
       "versions": {"<package>": "<version>"}
@@ -25,7 +30,7 @@ from pathlib import Path
 from statistics import fmean
 
 RESULTS_FILE = "results.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _PACKAGES = ("sasft", "torch", "transformers", "peft", "lm_eval", "hydra-core", "datasets",
              "accelerate", "wandb", "submitit")
 

@@ -3,6 +3,7 @@
     python -m sasft.report outputs/                    # writes outputs/report/
     python -m sasft.report outputs/ --ratio 0.5        # best method counted at mix_ratio 0.5
     python -m sasft.report outputs/ --out /tmp/rep --wandb
+    python -m sasft.report outputs/ --where train.learning_rate=1e-4 --where peft.name=lora
     sasft-report outputs/                              # the same, as a console script
 
 It reads every `results.json` under the sweep directory (recursively); a run directory with a
@@ -12,6 +13,11 @@ files into the runs, a "Drift" section follows (see `sasft/analyze.py`).
 
 How scenarios are counted (as the paper counts "best in 40 of 50 scenarios"):
   - a scenario is (model, task, benchmark);
+  - runs are compared like with like: runs that differ in anything but the seed are never
+    averaged together. Where a sweep holds several variants of a method (two learning rates,
+    freeze with two layer counts), each is its own column, labelled by the identity fields that
+    tell them apart ("sasft [train.learning_rate=0.0001]"); `--where field=value` narrows the
+    runs read (`--where train.learning_rate=1e-4`);
   - a method's score in a scenario is its mean final score over seeds: runs sharing a seed are
     averaged first, so a seed run twice does not weigh twice; std is over seeds (n - 1), 0 for
     one seed;
@@ -39,10 +45,10 @@ from .record import RESULTS_FILE, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
-# Methods that mix nothing, so mix_ratio means nothing for them; results.json says so in
-# run.mixes_data, and this list covers results written before that field existed.
-RATIO_FREE = ("task_only", "freeze")
-METHOD_ORDER = ("task_only", "freeze", "ext_mix", "sasft")
+METHOD_ORDER = ("task_only", "freeze", "freeze_half", "ext_mix", "ext_mix_ultrachat", "sasft")
+# Identity fields that never name a variant: the seed (repeats), and the mix ratio, which the
+# comparison fixes at one reference ratio and Figure 2 puts on its x axis.
+NOT_VARIANT = ("seed", "method.mix_ratio")
 HEADLINE_METHOD, HEADLINE_NAME = "sasft", "SA-SFT"
 TIE_TOLERANCE = 1e-9
 DEFAULT_RATIO = 1.0  # conf/config.yaml's mix_ratio: the ratio a plain `python run.py` uses
@@ -61,6 +67,7 @@ OPTIONAL_OUTPUTS = (FIG2, FIG3, FIG_LAYERS, FIG_SCATTER, "mix_ratio.csv", "in_do
 class Run:
     dir: Path
     results: dict
+    label: str = ""  # the method, and the fields that tell its variants apart (label_variants)
 
     @property
     def model(self) -> str:
@@ -75,8 +82,9 @@ class Run:
         return self.results["run"]["method"]
 
     @property
-    def ratio(self) -> float:
-        return float(self.results["run"]["mix_ratio"])
+    def ratio(self) -> float | None:
+        ratio = self.results["run"]["mix_ratio"]
+        return None if ratio is None else float(ratio)
 
     @property
     def seed(self) -> int:
@@ -84,7 +92,15 @@ class Run:
 
     @property
     def mixes_data(self) -> bool:
-        return self.results["run"].get("mixes_data", self.method not in RATIO_FREE)
+        return self.results["run"]["mixes_data"]
+
+    @property
+    def identity(self) -> dict:
+        return self.results["identity"]
+
+    @property
+    def variant(self) -> str:
+        return self.results["run"]["variant"]
 
 
 def _not_a_run(path: Path, root: Path) -> bool:
@@ -120,9 +136,63 @@ def find_runs(root: Path, skip: Path | None = None) -> tuple[list[Run], list[tup
     return runs, missing
 
 
-def ordered(methods) -> list[str]:
-    known = [m for m in METHOD_ORDER if m in methods]
-    return known + sorted(set(methods) - set(METHOD_ORDER))
+def family(label: str) -> str:
+    """The method a variant's label names ("sasft [train.learning_rate=0.001]" -> "sasft")."""
+    return label.split(" [", 1)[0]
+
+
+def ordered(labels) -> list[str]:
+    """Labels in the project's method order, variants of one method together."""
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return sorted(set(labels), key=lambda l: (rank.get(family(l), len(rank)), family(l), l))
+
+
+def _value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def label_variants(runs: list[Run]) -> None:
+    """Label each run by its method plus the identity fields in which runs of that method
+    differ within one (model, task) (the seed and mix ratio aside), so that each label holds
+    repeats of one experiment only."""
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[(run.model, run.task, run.method)].append(run)
+    varying: dict[str, set[str]] = defaultdict(set)
+    for (_, _, method), group in groups.items():
+        for key in set().union(*(r.identity for r in group)) - set(NOT_VARIANT):
+            if len({_value(r.identity.get(key)) for r in group}) > 1:
+                varying[method].add(key)
+    for run in runs:
+        keys = sorted(varying[run.method])
+        run.label = run.method + (" [" + ", ".join(f"{k}={_value(run.identity.get(k))}"
+                                                   for k in keys) + "]" if keys else "")
+
+
+class WhereError(ValueError):
+    """A --where filter that names no identity field of any run."""
+
+
+def select(runs: list[Run], where: list[str]) -> list[Run]:
+    """The runs whose identity has every `field=value` of `where` (values compared as YAML)."""
+    import yaml
+
+    for condition in where:
+        field_name, sep, text = condition.partition("=")
+        if not sep:
+            raise WhereError(f"--where {condition!r}: expected field=value")
+        if runs and not any(field_name in r.identity for r in runs):
+            raise WhereError(f"--where {condition!r}: no run has the field {field_name!r} "
+                             f"(fields look like train.learning_rate, method.name, model.name)")
+        wanted = yaml.safe_load(text)
+        if isinstance(wanted, str):  # YAML reads 1e-4 as a string: try it as a number too
+            try:
+                wanted = float(wanted)
+            except ValueError:
+                pass
+        runs = [r for r in runs if r.identity.get(field_name) == wanted
+                or _value(r.identity.get(field_name)) == text]
+    return runs
 
 
 def reference_ratio(runs: list[Run], requested: float | None) -> tuple[float | None, str]:
@@ -209,14 +279,17 @@ def scenario_table(runs: list[Run], ratio: float | None) -> list[Scenario]:
             base[key].append(score["base"])
             kinds[key] = score["kind"]
             if at_reference(run, ratio):
-                cells[key][run.method].append((run.seed, score["final"], score["delta"]))
+                cells[key][run.label].append((run.seed, score["final"], score["delta"],
+                                              run.variant))
     table = []
     for key in sorted(cells, key=lambda k: (k[0], k[1], kinds[k] != "in_domain", k[2])):
         sc = Scenario(*key, kinds[key], statistics.fmean(base[key]))
-        for method in ordered(cells[key]):
-            rows = cells[key][method]
-            sc.final[method] = seed_stats([(s, f) for s, f, _ in rows])
-            sc.delta[method] = seed_stats([(s, d) for s, _, d in rows])
+        for label in ordered(cells[key]):
+            rows = cells[key][label]
+            if len({v for *_, v in rows}) > 1:  # label_variants names every difference
+                raise AssertionError(f"{key} {label}: runs of different variants in one cell")
+            sc.final[label] = seed_stats([(s, f) for s, f, _, _ in rows])
+            sc.delta[label] = seed_stats([(s, d) for s, _, d, _ in rows])
         table.append(sc)
     return table
 
@@ -230,8 +303,12 @@ def best_counts(table: list[Scenario]) -> dict[str, int]:
 
 
 def headline(table: list[Scenario]) -> str:
-    n = sum(HEADLINE_METHOD in sc.best for sc in table)
-    return f"{HEADLINE_NAME} best in {n} of {len(table)} scenarios"
+    """"SA-SFT best in N of M scenarios": a scenario counts where a variant of sasft is among
+    the best; with several variants, the line names them."""
+    n = sum(any(family(label) == HEADLINE_METHOD for label in sc.best) for sc in table)
+    variants = ordered({l for sc in table for l in sc.final if family(l) == HEADLINE_METHOD})
+    which = f" (any of: {'; '.join(variants)})" if len(variants) > 1 else ""
+    return f"{HEADLINE_NAME} best in {n} of {len(table)} scenarios{which}"
 
 
 def averages(table: list[Scenario], methods: list[str]) -> list[tuple[str, float, dict]]:
@@ -286,9 +363,9 @@ def table_rows(table: list[Scenario], methods: list[str]) -> tuple[list[str], li
 
 def write_run_csv(path: Path, runs: list[Run]) -> Path:
     header = ["model", "task", "method", "mix_ratio", "seed", "benchmark", "kind", "base",
-              "final", "delta", "run_dir"]
-    rows = [[r.model, r.task, r.method, r.ratio, r.seed, bench, s["kind"], s["base"],
-             s["final"], s["delta"], str(r.dir)]
+              "final", "delta", "variant", "run_dir"]
+    rows = [[r.model, r.task, r.label, r.ratio, r.seed, bench, s["kind"], s["base"],
+             s["final"], s["delta"], r.variant, str(r.dir)]
             for r in runs for bench, s in sorted(r.results["scores"].items())]
     return write_csv(path, header, rows)
 
@@ -305,10 +382,10 @@ def pyplot():
     return plt
 
 
-def color(method: str) -> str:
-    """One colour per method in every figure."""
+def color(label: str) -> str:
+    """One colour per method (and variant) in every figure."""
     known = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}
-    return known.get(method, f"C{len(METHOD_ORDER) + sum(map(ord, method)) % 6}")
+    return known.get(label, f"C{(len(METHOD_ORDER) + sum(map(ord, label))) % 10}")
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -329,7 +406,7 @@ def mix_ratio_points(runs: list[Run]) -> dict[str, dict[float, dict[str, Stat]]]
     by: dict[str, dict[float, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         if run.mixes_data:
-            by[run.method][run.ratio].append(run)
+            by[run.label][run.ratio].append(run)
     points: dict = {}
     for method in ordered(by):
         for ratio in sorted(by[method]):
@@ -352,17 +429,17 @@ def figure2(runs: list[Run], out_dir: Path) -> tuple[Path | None, str]:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     panels = (("general_final", "general-skill average"), ("in_domain_final", "in-domain score"))
-    flat = [r for r in runs if r.method == "task_only"]
+    flat = ordered({r.label for r in runs if r.method == "task_only"})
     for ax, (measure, title) in zip(axes, panels):
         for method, by_ratio in points.items():
             xs = [r for r in sorted(by_ratio) if measure in by_ratio[r]]
             ax.errorbar(xs, [by_ratio[r][measure].mean for r in xs],
                         yerr=[by_ratio[r][measure].std for r in xs], marker="o", capsize=3,
                         label=method, color=color(method))
-        task_only = _summary_stats(flat, measure)
-        if task_only:
-            ax.axhline(task_only.mean, linestyle="--", color=color("task_only"),
-                       label="task_only")
+        for label in flat:  # task_only ignores the ratio: a dashed line per variant
+            task_only = _summary_stats([r for r in runs if r.label == label], measure)
+            if task_only:
+                ax.axhline(task_only.mean, linestyle="--", color=color(label), label=label)
         base = _summary_stats(runs, measure.replace("_final", "_base"))
         if base:
             ax.axhline(base.mean, linestyle=":", color="gray", label="base model")
@@ -386,8 +463,8 @@ def figure3(runs: list[Run], ratio: float | None, out_dir: Path) -> tuple[Path |
     panels: dict[tuple[str, str], dict[str, list]] = defaultdict(dict)
     for model, task in sorted({(r.model, r.task) for r in runs}):
         chosen = [r for r in runs if (r.model, r.task) == (model, task) and at_reference(r, ratio)]
-        for method in ordered({r.method for r in chosen}):
-            curve = in_domain_curve([r for r in chosen if r.method == method])
+        for method in ordered({r.label for r in chosen}):
+            curve = in_domain_curve([r for r in chosen if r.label == method])
             if curve:
                 panels[(model, task)][method] = curve
     if not panels:
@@ -444,11 +521,15 @@ def average_lines(avg: list, methods: list[str]) -> list[str]:
     return md_table(["benchmark", "base"] + methods, rows)
 
 
-def counting_note(ratio: float | None, how: str) -> str:
+def counting_note(ratio: float | None, how: str, labels: list[str], where: list[str]) -> str:
     mixing = (f"Mixing methods are compared at the reference mix_ratio {ratio:g} ({how}); "
               if ratio is not None else "There are no mixing runs; ")
-    return ("How it is counted: a scenario is (model, task, benchmark). " + mixing +
-            "task_only and freeze have no ratio, so all their runs count. A method's score is "
+    narrowed = f" Runs read: only those with {', '.join(where)} (--where)." if where else ""
+    return ("How it is counted: a scenario is (model, task, benchmark)." + narrowed +
+            f" Compared: {'; '.join(labels) or 'nothing'}. Runs that differ in anything but the "
+            "seed are never averaged together: a method's variants are separate columns, "
+            "labelled by the fields that tell them apart. " + mixing +
+            "methods that mix nothing have no ratio, so all their runs count. A method's score is "
             "its mean final score over seeds (runs sharing a seed are averaged first); ± is the "
             "std over seeds (n - 1; 0 with one seed), in brackets the change from the base "
             "model. Best = highest mean; methods within 1e-9 of it tie, and a tie counts for "
@@ -473,6 +554,7 @@ class Report:
     ratio: float | None
     headline: str
     figures: list[Path]
+    where: list[str] = field(default_factory=list)
 
 
 def figure_md(path: Path | None, note: str) -> str:
@@ -486,7 +568,7 @@ def render(report: Report, sweep_dir: Path, how: str, figures: list[tuple],
     lines = [f"# sasft report: {sweep_dir}", "",
              f"{len(report.runs)} completed runs read; {len(report.missing)} missing or "
              f"unusable (listed at the end, never counted).", "",
-             report.headline, "", counting_note(report.ratio, how), "",
+             report.headline, "", counting_note(report.ratio, how, methods, report.where), "",
              "Best-method counts (ties count for each tied method): "
              + (", ".join(f"{m} {counts.get(m, 0)}" for m in methods) or "none"), "",
              "## Scenarios", "", *scenario_lines(report.table, methods), "",
@@ -502,7 +584,8 @@ def render(report: Report, sweep_dir: Path, how: str, figures: list[tuple],
 
 
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
-                 ratio: float | None = None, use_wandb: bool = False) -> Report:
+                 ratio: float | None = None, use_wandb: bool = False,
+                 where: list[str] = ()) -> Report:
     """Read the sweep, write report.md, CSV files and figures into `out_dir`; returns them."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -512,6 +595,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     for name in OPTIONAL_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
     runs, missing = find_runs(sweep_dir, skip=out_dir)
+    runs = select(runs, list(where))
+    label_variants(runs)
     ratio, how = reference_ratio(runs, ratio)
     table = scenario_table(runs, ratio)
     methods = ordered({m for sc in table for m in sc.final})
@@ -525,7 +610,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     drift = drift_lines(runs, ratio, out_dir)
     report = Report(out_dir, table, runs, missing, ratio, headline(table),
                     [out_dir / n for n in OPTIONAL_OUTPUTS
-                     if n.endswith(".png") and (out_dir / n).is_file()])
+                     if n.endswith(".png") and (out_dir / n).is_file()], list(where))
     (out_dir / "report.md").write_text(render(report, sweep_dir, how, figures, drift))
     if use_wandb:
         log_to_wandb(report, sweep_dir)
@@ -569,9 +654,15 @@ def main(argv: list[str] | None = None) -> None:
                         "count (default: 1.0 if present, else the most common)")
     parser.add_argument("--wandb", action="store_true", help="also log to W&B (offline "
                         "without WANDB_API_KEY)")
+    parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                        help="only runs whose config has this value (repeatable), e.g. "
+                        "train.learning_rate=1e-4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    report = build_report(args.sweep_dir, args.out, args.ratio, args.wandb)
+    try:
+        report = build_report(args.sweep_dir, args.out, args.ratio, args.wandb, args.where)
+    except (WhereError, FileNotFoundError) as e:
+        parser.error(str(e))
     print(report.headline)
     print(f"{len(report.runs)} runs, {len(report.missing)} missing -> "
           f"{report.out_dir / 'report.md'}")

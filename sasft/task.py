@@ -30,7 +30,7 @@ A task config takes one of two forms.
 
    `load_task` renders every training record into a user/assistant exchange and writes the test
    split, rendered by the same templates, as a JSONL file in the chat schema
-   ({"prompt", "response", "answer"}) under `prepared_dir`. It sets `benchmark.file` to that
+   ({"prompt", "response", "answer"}) under `prepared_dir`. Its benchmark spec points at that
    file, so the in-domain test is an ordinary local benchmark (sasft/evaluate.py): the prompts
    the model is tested on are the prompts it was trained on, by one code path, and the file can
    be read by a person. Its name is a hash of everything that shaped it.
@@ -42,12 +42,13 @@ import glob
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from omegaconf import open_dict
+from omegaconf import OmegaConf
 
 from .data import DataError, Dialogue, read_jsonl, to_dialogue, write_jsonl
 
@@ -203,16 +204,23 @@ def prepare_test(cfg) -> Path:
     return path
 
 
-def load_task(cfg) -> list[Dialogue]:
-    """The task's training dialogues. For a mapped task, also prepares the test split and
-    points `cfg.benchmark.file` at it (recorded in the run's resolved config)."""
+@dataclass
+class Task:
+    """What a task config prepares: its training dialogues and its in-domain test (the
+    `benchmark:` spec, its `file` pointing at the test split)."""
+
+    train: list[Dialogue]
+    benchmark: dict
+
+
+def load_task(cfg) -> Task:
+    """The task's training dialogues and its test; a mapped task's test split is prepared as a
+    file first (`prepare_test`)."""
+    benchmark = OmegaConf.to_container(cfg.benchmark, resolve=True)
     if not is_mapped(cfg):
         records = read_jsonl(cfg.train_file)
         if cfg.get("max_train_examples"):
             records = records[: cfg.max_train_examples]
-        return [to_dialogue(r) for r in records]
+        return Task([to_dialogue(r) for r in records], benchmark)
     dialogues = [to_dialogue(to_example(r, cfg, w)) for w, r in split_records(cfg, "train")]
-    test_file = prepare_test(cfg)
-    with open_dict(cfg):
-        cfg.benchmark.file = str(test_file)
-    return dialogues
+    return Task(dialogues, benchmark | {"file": str(prepare_test(cfg))})

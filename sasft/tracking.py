@@ -98,7 +98,7 @@ def _run_id(run_dir: Path) -> tuple[str, bool]:
 
 def identity(cfg: DictConfig) -> dict:
     who = {"model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
-           "mix_ratio": cfg.mix_ratio, "seed": cfg.seed}
+           "mix_ratio": cfg.method.get("mix_ratio"), "seed": cfg.seed}
     if cfg.get("peft") is not None:  # full fine-tuning or LoRA: filter on it, never mix them
         who["peft"] = cfg.peft.name
     return who
@@ -263,8 +263,9 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
             project=wcfg.project, entity=wcfg.get("entity"), mode=mode, dir=str(root),
             id=run_id, resume="allow",
             group=f"{who['model']}/{who['task']}", job_type=who["method"],
-            name=f"{who['method']} r{who['mix_ratio']} s{who['seed']}",
-            tags=[f"{k}:{v}" for k, v in who.items()] + list(wcfg.get("tags") or []),
+            name=" ".join([who["method"], *([f"r{who['mix_ratio']}"] if who["mix_ratio"] is not None
+                                            else []), f"s{who['seed']}"]),
+            tags=[f"{k}:{v}" for k, v in who.items() if v is not None] + list(wcfg.get("tags") or []),
             config=config,
             # No console capture: wandb would wrap every stdout/stderr write in a handler that
             # swallows exceptions, including one that submitit's signal handler raises there.

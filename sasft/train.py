@@ -12,10 +12,11 @@ from transformers import (DataCollatorWithFlattening, Trainer, TrainerCallback,
                           TrainingArguments)
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .config import SasftError
 from .data import collator, tokenize
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(SasftError, RuntimeError):
     """The training loss became NaN or infinite; the run stops and records nothing."""
 
 
@@ -115,6 +116,9 @@ def training_arguments(cfg, output_dir: Path, seed: int, use_cpu: bool,
         use_cpu=use_cpu,
         disable_tqdm=not sys.stderr.isatty(),
         logging_nan_inf_filter=False,  # report a NaN loss as it is
+        # Under torchrun: frozen parameters need no gradient, so none goes unused; the search
+        # for unused ones costs a pass over the graph every step.
+        ddp_find_unused_parameters=False,
     )
 
 

@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from sasft import analyze, report
 from sasft.data import tokenize
+from sasft.rundir import identity_hash, variant
 from sasft.record import summarize, write_results
 from sasft.toy.tokenizer import build_tokenizer
 
@@ -64,10 +65,13 @@ def write_run(root: Path, name: str, base_dir: Path, general_file: Path, model=N
                         "trust_remote_code": False},
               "eval": {"general": {"arithmetic": {"file": str(general_file), "max_gen_toks": 8}}},
               "cache_dir": str(root / "cache")}
+    mixes = name in ("sasft", "ext_mix")
+    ident = {"model.name": "tiny", "task.name": "parity", "method.name": name, "seed": 0}
     write_results(run_dir, {"run": {"model": "tiny", "task": "parity", "method": name,
-                                    "mix_ratio": 1.0, "seed": 0},
+                                    "mix_ratio": 1.0 if mixes else None, "mixes_data": mixes,
+                                    "seed": 0, "variant": identity_hash(variant(ident))},
                             "scores": scores, "summary": summarize(scores), "history": [],
-                            "config": config})
+                            "identity": ident, "config": config})
     return run_dir
 
 

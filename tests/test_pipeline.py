@@ -24,9 +24,16 @@ def test_every_method_runs_end_to_end(make_cfg, tmp_path, method):
     results = run_experiment(cfg, tmp_path / "run")
 
     on_disk = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
-    assert on_disk["run"] == {"model": "tiny", "task": "parity", "method": method,
-                              "mix_ratio": 0.5, "seed": 0,
-                              "mixes_data": method in ("ext_mix", "sasft"), "peft": "full"}
+    mixes = method in ("ext_mix", "sasft")
+    run = dict(on_disk["run"])
+    assert len(run.pop("identity")) == len(run.pop("variant")) == 8
+    params = run.pop("method_params")
+    assert run == {"model": "tiny", "task": "parity", "method": method,
+                   "mix_ratio": 0.5 if mixes else None, "seed": 0, "mixes_data": mixes,
+                   "peft": "full"}
+    assert params.get("mix_ratio") == (0.5 if mixes else None)
+    assert on_disk["identity"]["method.name"] == method
+    assert on_disk["mix"]["task_truncated"] == {"examples": 24, "cut": 0, "longest": 29}
     assert set(on_disk) >= {"scores", "summary", "mix", "config", "timings", "versions"}
     kinds = {name: s["kind"] for name, s in on_disk["scores"].items()}
     assert kinds == {"parity": "in_domain", "legs": "general", "colors": "general",

@@ -41,9 +41,9 @@ from sasft.config import CONF_DIR, ConfigError, validate
 from sasft.data import DataError, read_jsonl, to_dialogue, tokenize
 from sasft.evaluate import _base_key, build_tasks, run_benchmarks
 from sasft.method import Freeze, TaskOnly
-from sasft.model import fingerprint, load_config, load_model
+from sasft.model import fingerprint, inspect_model, load_model
 from sasft.pipeline import benchmarks_of, run_experiment
-from sasft.task import load_task
+from sasft.task import Task, load_task
 from sasft.train import train
 from tests.conftest import compose_config
 
@@ -186,7 +186,7 @@ def test_model_config_composes_and_loads_from_a_local_directory(checkpoints, tmp
     assert model.config.use_cache is False
     assert tokenizer.chat_template == TOKENIZERS[FAMILY[name]]["chat_template"]
     assert tokenizer.pad_token is not None  # Llama's has none: eos stands in
-    assert load_config(cfg.model).num_hidden_layers == 2
+    assert inspect_model(cfg.model)[0].num_hidden_layers == 2
 
 
 def test_hub_id_and_revision_reach_from_pretrained(checkpoints, monkeypatch):
@@ -203,7 +203,7 @@ def test_hub_id_and_revision_reach_from_pretrained(checkpoints, monkeypatch):
 
     for name in ("AutoTokenizer", "AutoConfig", "AutoModelForCausalLM"):
         monkeypatch.setattr(model_module, name, recorder(getattr(model_module, name)))
-    load_config(cfg)
+    inspect_model(cfg)
     load_model(cfg)
     assert calls and all(c[1:] == ("Qwen/Qwen2.5-7B-Instruct", "abc123", False) for c in calls)
     assert fingerprint(cfg) != fingerprint(compose_config(["model=qwen"]).model)
@@ -300,13 +300,14 @@ def local_task_cfg(tmp_path, task: str, suffix: str, n: int = 6):
 def test_task_loads_from_local_files_in_its_hub_schema(tmp_path, task, suffix):
     cfg = local_task_cfg(tmp_path, task, suffix)
     _, prompt_part, response_part, answer = TASK_RECORDS[task]
-    dialogues = load_task(cfg.task)
+    task_data = load_task(cfg.task)
+    dialogues = task_data.train
     assert len(dialogues) == 6
     user, assistant = dialogues[0]
     assert user["role"] == "user" and prompt_part in user["content"]
     assert assistant["role"] == "assistant" and response_part in assistant["content"]
     # The test split, rendered by the same templates, is the in-domain benchmark's file.
-    spec = benchmarks_of(cfg)[0][task]
+    spec = benchmarks_of(cfg, task_data)[0][task]
     test = read_jsonl(spec["file"])
     assert [test[0]["prompt"], test[0]["response"]] == [user["content"], assistant["content"]]
     assert test[0].get("answer") == answer
@@ -326,9 +327,10 @@ def test_task_loads_from_the_hub_with_its_split_and_revision(tmp_path, monkeypat
     cfg = compose_config(["task=gsm8k", "task.revision=v1", "task.max_train_examples=3"])
     with open_dict(cfg):
         cfg.cache_dir = str(tmp_path / "cache")
-    assert len(load_task(cfg.task)) == 3
+    task_data = load_task(cfg.task)
+    assert len(task_data.train) == 3
     assert calls == [("openai/gsm8k", "main", "train", "v1"), ("openai/gsm8k", "main", "test", "v1")]
-    assert len(read_jsonl(cfg.task.benchmark.file)) == 5
+    assert len(read_jsonl(task_data.benchmark["file"])) == 5
 
 
 def test_a_record_without_a_mapped_field_names_file_and_line(tmp_path):
@@ -382,8 +384,7 @@ def score(tmp_path, task: str, items: list[tuple[dict, str]], **spec_overrides) 
         cfg.task.train_file = str(_write(tmp_path / "train.jsonl", records))
         cfg.task.test_file = str(_write(tmp_path / "test.jsonl", records))
         cfg.task.benchmark.update(spec_overrides)
-    load_task(cfg.task)
-    spec = benchmarks_of(cfg)[0][task]
+    spec = benchmarks_of(cfg, load_task(cfg.task))[0][task]
     prompts = [r["prompt"] for r in read_jsonl(spec["file"])]
     lm = ScriptedLM(dict(zip(prompts, [reply for _, reply in items])))
     eval_cfg = OmegaConf.create({"limit": None, "seed": 0})
@@ -448,8 +449,7 @@ def test_per_benchmark_num_fewshot_reaches_lm_eval(tmp_path):
     with open_dict(cfg):
         cfg.cache_dir = str(tmp_path / "cache")
         cfg.task.train_file = cfg.task.test_file = str(_write(tmp_path / "d.jsonl", records))
-    load_task(cfg.task)
-    spec = dict(benchmarks_of(cfg)[0]["medtext"], num_fewshot=2)
+    spec = dict(benchmarks_of(cfg, load_task(cfg.task))[0]["medtext"], num_fewshot=2)
     objects, names = build_tasks({"medtext": spec}, eos="<|end|>")
     assert objects[0].get_config("num_fewshot") == 2 and names == {"medtext": "sasft_medtext"}
     lm = ScriptedLM({r["prompt"]: "x" for r in read_jsonl(spec["file"])})
@@ -471,7 +471,7 @@ def test_base_score_key_covers_fewshot_limit_and_file(tmp_path):
 
 def test_general_benchmarks_come_from_lm_evals_registry():
     cfg = compose_config(["model=llama", "task=gsm8k", "eval=general"])
-    specs, kinds = benchmarks_of(cfg)
+    specs, kinds = benchmarks_of(cfg, Task([], dict(cfg.task.benchmark)))
     assert kinds == {"gsm8k": "in_domain", "mmlu": "general", "ifeval": "general",
                      "agieval": "general", "arc_challenge": "general"}
     from sasft.evaluate import _task_manager
@@ -539,7 +539,7 @@ def test_freeze_with_lora_needs_a_trainable_layer(checkpoints, tmp_path):
 
 def test_freeze_half_counts_the_real_models_layers():
     cfg = compose_config(["model=llama", "method=freeze_half"])
-    assert cfg.method.name == "freeze" and cfg.method.frozen_fraction == 0.5
+    assert cfg.method.name == "freeze_half" and cfg.method.frozen_fraction == 0.5
     method = Freeze(frozen_fraction=0.5)
     assert [method.n_frozen(n) for n in (32, 28, 16, 24, 2)] == [16, 14, 8, 12, 1]
 
@@ -593,7 +593,7 @@ def _end_to_end_cfg(checkpoints, tmp_path, method: str, peft: str, model: str):
         cfg.eval.general = {"legs": {"file": str(tmp_path / "test_general.jsonl"),
                                      "target": "answer", "answer_regex": "(\\d+)",
                                      "max_gen_toks": 8}}
-        if cfg.method.name == "ext_mix":  # UltraChat's local copy: Parquet shards, as on the hub
+        if cfg.method.name == "ext_mix_ultrachat":  # UltraChat's local copy: Parquet shards, as on the hub
             cfg.method.corpus_file = str(tmp_path / "ultrachat" / "train_sft-*.parquet")
     (tmp_path / "ultrachat").mkdir()
     _write(tmp_path / "ultrachat" / "train_sft-00000-of-00002.parquet", corpus[:3])
@@ -614,16 +614,16 @@ def test_every_method_runs_on_a_real_model_config(checkpoints, tmp_path, method,
     assert results["run"]["method"] == cfg.method.name
     assert set(results["scores"]) == {"gsm8k", "legs"}
     assert results["mix"]["task"] == 8
-    assert results["mix"]["auxiliary"] == (4 if cfg.method.name in ("ext_mix", "sasft") else 0)
+    assert results["mix"]["auxiliary"] == (4 if "mix_ratio" in cfg.method else 0)
 
     saved = tmp_path / "run" / "model"
     assert (saved / "adapter_config.json").is_file() == (peft == "lora")
     base = load_file(str(Path(cfg.model.path) / "model.safetensors"))
     tuned = load_finetuned(saved).state_dict()
     frozen_prefixes = []
-    if peft == "lora" or cfg.method.name == "freeze":  # LoRA never trains the embeddings
+    if peft == "lora" or cfg.method.name == "freeze_half":  # LoRA never trains the embeddings
         frozen_prefixes.append("model.embed_tokens")
-    if cfg.method.name == "freeze":  # the lower half of 2 layers: layer 0
+    if cfg.method.name == "freeze_half":  # the lower half of 2 layers: layer 0
         frozen_prefixes.append("model.layers.0.")
     for name, value in base.items():
         if any(name.startswith(p) for p in frozen_prefixes):
@@ -662,10 +662,11 @@ def test_paper_grid_is_40_runs_and_50_scenarios(sweep, models):
     jobs = sweep_jobs(sweep)
     assert len(jobs) == 2 * 5 * 4
     assert {j.model.name for j in jobs} == models
-    assert {j.method.name for j in jobs} == {"task_only", "freeze", "ext_mix", "sasft"}
-    assert {j.method.corpus_hub_id for j in jobs if j.method.name == "ext_mix"} == {
+    assert {j.method.name for j in jobs} == {"task_only", "freeze_half", "ext_mix_ultrachat",
+                                             "sasft"}
+    assert {j.method.corpus_hub_id for j in jobs if j.method.name == "ext_mix_ultrachat"} == {
         "HuggingFaceH4/ultrachat_200k"}
-    scenarios = {(j.model.name, j.task.name, b) for j in jobs for b in benchmarks_of(j)[0]}
+    scenarios = {(j.model.name, j.task.name, b) for j in jobs for b in [j.task.name, *j.eval.general]}
     assert len(scenarios) == 50
     dirs = {f"{j.hydra.sweep.dir}/{j.hydra.sweep.subdir}" for j in jobs}
     assert len(dirs) == 40 and all(d.startswith(f"multirun/{sweep}_full/") for d in dirs)
@@ -684,7 +685,7 @@ def test_mix_ratio_sweep_and_its_task_only_reference(sweep):
     jobs = sweep_jobs(sweep)
     assert len(jobs) == 2 * 2 * 2 * 4
     assert {(j.method.name, j.mix_ratio) for j in jobs} == {
-        (m, r) for m in ("sasft", "ext_mix") for r in (0.25, 0.5, 1.0, 2.0)}
+        (m, r) for m in ("sasft", "ext_mix_ultrachat") for r in (0.25, 0.5, 1.0, 2.0)}
     reference = sweep_jobs(sweep, ["method=task_only", "mix_ratio=1.0"])
     assert len(reference) == 4 and {j.method.name for j in reference} == {"task_only"}
     assert {j.hydra.sweep.dir for j in jobs + reference} == {f"multirun/{sweep}_full"}

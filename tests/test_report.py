@@ -12,12 +12,14 @@ from types import SimpleNamespace
 import pytest
 
 from sasft import report
-from sasft.record import summarize
+from sasft.record import SCHEMA_VERSION, summarize
+from sasft.rundir import identity_hash, variant
 
 BASE = {"t": 0.1, "g1": 0.55, "g2": 0.5}  # "t" is the in-domain test of task "t"
 
 # (method, mix_ratio, seed): final scores. task_only has two runs of seed 0 (swept at two
-# ratios, which it ignores): they are averaged into one seed before the mean over seeds.
+# ratios, which it ignores: one experiment, run twice): they are averaged into one seed before
+# the mean over seeds.
 RUNS = {
     ("task_only", 1.0, 0): {"t": 0.9, "g1": 0.5, "g2": 0.4},
     ("task_only", 0.5, 0): {"t": 0.7, "g1": 0.5, "g2": 0.4},
@@ -31,9 +33,17 @@ RUNS = {
 }
 
 
+MIXING = ("sasft", "ext_mix")
+
+
 def write_run(root: Path, method: str, ratio: float, seed: int, finals: dict,
-              model: str = "m", task: str = "t", base: dict = BASE) -> Path:
-    run_dir = root / model / task / method / f"ratio{ratio}_seed{seed}"
+              model: str = "m", task: str = "t", base: dict = BASE, **fields) -> Path:
+    """A finished run's directory with its results.json; `fields` are more identity fields
+    (a learning rate: "train.learning_rate")."""
+    mixes = method in MIXING
+    ident = {"model.name": model, "task.name": task, "method.name": method, "seed": seed,
+             **({"method.mix_ratio": ratio} if mixes else {}), **fields}
+    run_dir = root / model / task / method / f"ratio{ratio}_seed{seed}-{identity_hash(ident)}"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "config.yaml").write_text("hydra's copy: not a run\n")
     (run_dir / "config.yaml").write_text(f"seed: {seed}\n")
@@ -41,10 +51,12 @@ def write_run(root: Path, method: str, ratio: float, seed: int, finals: dict,
                   "kind": "in_domain" if b == task else "general"} for b, f in finals.items()}
     history = [{"step": 0, "eval_in_domain": base[task]}, {"loss": 1.0, "step": 5},
                {"step": 10, "eval_in_domain": finals[task]}]
-    results = {"schema": 1, "run": {"model": model, "task": task, "method": method,
-                                    "mix_ratio": ratio, "seed": seed},
+    results = {"schema": SCHEMA_VERSION,
+               "run": {"model": model, "task": task, "method": method,
+                       "mix_ratio": ratio if mixes else None, "mixes_data": mixes, "seed": seed,
+                       "identity": identity_hash(ident), "variant": identity_hash(variant(ident))},
                "scores": scores, "summary": summarize(scores), "history": history,
-               "config": {}}
+               "identity": ident, "config": {}}
     (run_dir / "results.json").write_text(json.dumps(results))
     return run_dir
 
@@ -54,7 +66,7 @@ def sweep(tmp_path) -> Path:
     root = tmp_path / "sweep"
     for (method, ratio, seed), finals in RUNS.items():
         write_run(root, method, ratio, seed, finals)
-    unfinished = root / "m" / "t" / "sasft" / "ratio2.0_seed0"
+    unfinished = root / "m" / "t" / "sasft" / "ratio2.0_seed0-00000000"
     unfinished.mkdir(parents=True)
     (unfinished / "config.yaml").write_text("seed: 0\n")
     return root
@@ -131,9 +143,9 @@ def test_reference_ratio_changes_the_count(sweep, tmp_path):
 def test_missing_runs_are_listed_never_counted(sweep):
     rep = report.build_report(sweep)
     assert len(rep.runs) == len(RUNS)
-    assert [d.name for d, _ in rep.missing] == ["ratio2.0_seed0"]
+    assert [d.name for d, _ in rep.missing] == ["ratio2.0_seed0-00000000"]
     md = (rep.out_dir / "report.md").read_text()
-    assert "ratio2.0_seed0" in md.split("## Missing runs")[1]
+    assert "ratio2.0_seed0-00000000" in md.split("## Missing runs")[1]
     assert ".hydra" not in md
     # A second report finds its own output folder inside the sweep and ignores it.
     again = report.build_report(sweep)

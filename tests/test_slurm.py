@@ -292,7 +292,7 @@ def test_a_run_resumed_in_a_later_epoch_trains_like_an_uninterrupted_one(tmp_pat
         cfg.task.max_train_examples = 48
         cfg.train.update(epochs=3, batch_size=8, logging_steps=1, save_steps=2,
                          eval_every_steps=0)  # 6 steps an epoch
-    mix = build_mix(load_task(cfg.task), [], seed=0)
+    mix = build_mix(load_task(cfg.task).train, [], seed=0)
 
     def run(run_dir, callbacks=()):
         model, tokenizer = load_model(cfg.model)

@@ -93,8 +93,7 @@ def test_a_run_logs_config_curves_scores_and_dialogues_offline(make_cfg, tmp_pat
         cfg.train.eval_every_steps = 2  # in-domain scores during training, as in Figure 3
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    monkeypatch.setattr(cli, "run_dir_of", lambda cfg: run_dir)  # what Hydra would give
-    cli.main(cfg)
+    cli.run(cfg, run_dir)
     results = json.loads((run_dir / RESULTS_FILE).read_text())
 
     logged = offline_run(offline)
