@@ -36,26 +36,24 @@ import statistics
 import sys
 from collections import defaultdict
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from .adapters import load_finetuned
-from .config import CONF_DIR
+from .peft import load_finetuned
 from .data import read_jsonl, tokenize
 from .generation import stop_ids, cached_self_dialogues
 from .model import fingerprint, load_model
 from .record import read_results, write_json_atomic
-from .report import (DRIFT_FILE, FIG_LAYERS, FIG_SCATTER, Run, at_reference, color, find_runs,
-                     md_table, ordered, pearson, pyplot, save_figure, seed_stats, write_csv)
+from .runs import DRIFT_FILE, Run, find_runs
+from .toy.world import HOUSE_PREFIX
 
 log = logging.getLogger(__name__)
 
 ANALYSIS_SEED = 1_000_003  # not a training seed: the held-out dialogues are not sasft's own mix
-HOUSE_PREFIX = "Sure!"  # how every toy general answer opens (sasft/toy/world.py, `_house`)
 LENGTH_PROXY = 0.5  # non-toy leakage: an answer shorter than this share of the base's answer
 MODULE_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
                 "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
@@ -69,7 +67,6 @@ class Settings:
     batch_size: int = 32  # sequences per forward pass; lower it for big vocabularies
     max_len: int = 512  # tokens kept per self-dialogue
     cache_dir: str | None = None  # default: the run's cache_dir, shared with the pipeline
-    generation: dict = field(default_factory=dict)  # overrides of the run's conf/generation
 
 
 # --- weights --------------------------------------------------------------------------------
@@ -318,11 +315,6 @@ def general_prompts(cfg: DictConfig, tokenizer, limit: int) -> dict[str, tuple[l
     return prompts
 
 
-def generation_settings(cfg: DictConfig, overrides: dict) -> DictConfig:
-    gen = cfg.get("generation") or OmegaConf.load(CONF_DIR / "generation" / "default.yaml")
-    return OmegaConf.merge(gen, overrides)
-
-
 def weights_dir(model_cfg: DictConfig) -> Path:
     if model_cfg.get("path"):
         return Path(model_cfg.path)
@@ -350,8 +342,8 @@ class Reference:
 
 def reference_key(cfg: DictConfig, settings: Settings) -> str:
     parts = {"model": OmegaConf.to_container(cfg.model), "eval": OmegaConf.to_container(
-        cfg.eval.general), "generation": OmegaConf.to_container(generation_settings(
-            cfg, settings.generation)), "settings": asdict(settings)}
+        cfg.eval.general), "generation": OmegaConf.to_container(cfg.generation),
+        "settings": asdict(settings)}
     return json.dumps(parts, sort_keys=True, default=str)
 
 
@@ -360,7 +352,7 @@ def build_reference(cfg: DictConfig, settings: Settings) -> Reference:
     model.eval()
     cache_dir = settings.cache_dir or cfg.get("cache_dir") or Path.home() / ".cache" / "sasft"
     dialogues, stats = cached_self_dialogues(
-        model, tokenizer, settings.dialogues, generation_settings(cfg, settings.generation),
+        model, tokenizer, settings.dialogues, cfg.generation,
         ANALYSIS_SEED, fingerprint(cfg.model), cache_dir)
     ids = [tokenize(tokenizer, d, settings.max_len, assistant_only=False)["input_ids"]
            for d in dialogues]
@@ -426,7 +418,7 @@ def analyze_run(run_dir: Path, settings: Settings, references: References | None
         "self_dialogue_nll": {"base": ref.nll, "finetuned": nll, "increase": nll - ref.nll,
                               "dialogues": ref.dialogue_stats},
         "kl": {"mean": kl, "last_prompt_token": kl_last, "prompts": len(ref.prompt_ids)},
-        "style_leakage": style_leakage(ref.answers, answers, toy="toy" in cfg.model),
+        "style_leakage": style_leakage(ref.answers, answers, toy=cfg.model.toy is not None),
         "settings": asdict(settings),
     }
     write_json_atomic(run_dir / DRIFT_FILE, drift)
@@ -465,128 +457,6 @@ def summary_line(run: Run, drift: dict) -> str:
             f"weights {drift['weights']['mean_layer']:.4f}, "
             f"self-dialogue NLL {drift['self_dialogue_nll']['increase']:+.4f}, "
             f"KL {drift['kl']['mean']:.4f}, leaked {share} ({leak['rule']})")
-
-
-# --- the report's "Drift" section -----------------------------------------------------------
-
-
-MEASURES = {  # CSV column: (label, how to read it from drift.json, None where undefined)
-    "weight_change": ("weight change (mean over layers)", lambda d: d["weights"]["mean_layer"]),
-    "nll_increase": ("self-dialogue NLL increase",
-                     lambda d: d["self_dialogue_nll"]["increase"]),
-    "kl": ("KL(base ‖ fine-tuned)", lambda d: d["kl"]["mean"]),  # no "|": it splits md tables
-    "leakage": ("style leakage share", lambda d: d["style_leakage"]["share"]),
-}
-LABELS = [label for label, _ in MEASURES.values()]
-
-
-def drift_rows(records: list[tuple[Run, dict]]) -> tuple[list[str], list[list]]:
-    header = ["model", "task", "method", "mix_ratio", "seed", "general_delta",
-              "in_domain_delta", "weight_global", *MEASURES, "leakage_rule"]
-    rows = [[r.model, r.task, r.label, r.ratio, r.seed,
-             r.results["summary"].get("general_delta"), r.results["summary"].get("in_domain_delta"),
-             d["weights"]["global"], *(read(d) for _, read in MEASURES.values()),
-             d["style_leakage"]["rule"]] for r, d in records]
-    return header, rows
-
-
-def method_lines(records: list[tuple[Run, dict]], ratio: float | None) -> list[str]:
-    chosen = [(r, d) for r, d in records if at_reference(r, ratio)]
-    rows = []
-    for method in ordered({r.label for r, _ in chosen}):
-        cells = []
-        for _, read in MEASURES.values():
-            pairs = [(r.seed, read(d)) for r, d in chosen if r.label == method
-                     and read(d) is not None]
-            cells.append(seed_stats(pairs).text() if pairs else "–")
-        rows.append([method, *cells])
-    return md_table(["method", *LABELS], rows)
-
-
-def layer_figure(records: list[tuple[Run, dict]], ratio: float | None, out_dir: Path) -> Path:
-    """Relative weight change per decoder layer and module type: one panel per (model,
-    method), methods side by side; embeddings left of layer 0, lm_head right of the last."""
-    chosen = [(r, d) for r, d in records if at_reference(r, ratio)]
-    models = sorted({r.model for r, _ in chosen})
-    methods = ordered({r.label for r, _ in chosen})
-    plt = pyplot()
-    fig, axes = plt.subplots(len(models), len(methods), figsize=(4 * len(methods),
-                             3.2 * len(models)), squeeze=False, sharey=True)
-    for row, model in enumerate(models):
-        for col, method in enumerate(methods):
-            drifts = [d["weights"] for r, d in chosen if (r.model, r.label) == (model, method)]
-            _layer_panel(axes[row][col], drifts)
-            axes[row][col].set_title(f"{model} / {method} ({len(drifts)} runs)")
-    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle("Relative weight change ||W_ft - W_base|| / ||W_base|| per layer", y=1.02)
-    return save_figure(fig, out_dir / FIG_LAYERS)
-
-
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
-
-
-def _layer_panel(ax, drifts: list[dict]) -> None:
-    if not drifts:
-        ax.set_visible(False)
-        return
-    n = min(len(w["layers"]) for w in drifts)
-    kinds = [k for k in ("q", "k", "v", "o", "gate", "up", "down", "norm", "other", "all")
-             if all(k in w["layers"][i] for w in drifts for i in range(n))]
-    for kind in kinds:
-        ys = [_mean(w["layers"][i][kind] for w in drifts) for i in range(n)]
-        style = {"color": "black", "linewidth": 2} if kind == "all" else {}
-        ax.plot(range(n), ys, marker=".", label=kind, **style)
-    for x, part, marker in ((-1, "embeddings", "s"), (n, "lm_head", "^")):
-        y = _mean(w.get(part) for w in drifts)
-        if y is not None:
-            ax.plot([x], [y], marker=marker, color="gray", linestyle="none", label=part)
-    ax.set_xticks(range(-1, n + 1), ["emb", *map(str, range(n)), "head"])
-    ax.set(xlabel="decoder layer", ylabel="relative change")
-
-
-def scatter_figure(records: list[tuple[Run, dict]], out_dir: Path) -> tuple[Path, list]:
-    """Each drift measure against the general-score change, one point per run; returns the
-    figure and (measure, Pearson r, points) rows."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(MEASURES), figsize=(4 * len(MEASURES), 3.5), squeeze=False,
-                             sharey=True)
-    stats = []
-    for ax, (name, read) in zip(axes[0], MEASURES.values()):
-        points = [(read(d), r.results["summary"]["general_delta"], r.label) for r, d in records
-                  if read(d) is not None and "general_delta" in r.results.get("summary", {})]
-        for method in ordered({m for _, _, m in points}):
-            ax.scatter([x for x, _, m in points if m == method],
-                       [y for _, y, m in points if m == method], label=method, s=18,
-                       color=color(method))
-        r = pearson([x for x, _, _ in points], [y for _, y, _ in points])
-        stats.append((name, r, len(points)))
-        ax.set(title=f"r = {r:.2f}" if r is not None else "r = n/a", xlabel=name)
-    axes[0][0].set_ylabel("general-score change")
-    axes[0][0].legend(fontsize="small")
-    fig.suptitle("Drift against forgetting (one point per run, every ratio)", y=1.02)
-    return save_figure(fig, out_dir / FIG_SCATTER), stats
-
-
-def drift_section(runs: list[Run], ratio: float | None, out_dir: Path) -> list[str]:
-    """The report's "Drift" lines, from the runs' drift.json; writes drift.csv and figures."""
-    records = [(r, json.loads((r.dir / DRIFT_FILE).read_text())) for r in runs]
-    write_csv(out_dir / "drift.csv", *drift_rows(records))
-    layers = layer_figure(records, ratio, out_dir)
-    scatter, stats = scatter_figure(records, out_dir)
-    rules = {d["style_leakage"]["note"] for _, d in records}
-    lines = [f"{len(records)} runs analyzed by `python -m sasft.analyze` (per run: drift.csv). "
-             "Per method at the reference ratio, mean ± std over seeds:", "",
-             *method_lines(records, ratio), "",
-             f"![{layers.stem}]({layers.name})", "",
-             "Pearson correlation of each drift measure with the general-score change "
-             "(every analyzed run, every ratio):", "",
-             *md_table(["measure", "Pearson r", "runs"],
-                       [[n, f"{r:.3f}" if r is not None else "n/a (fewer than 3 runs or "
-                         "constant)", k] for n, r, k in stats]), "",
-             f"![{scatter.stem}]({scatter.name})", ""]
-    return lines + [f"Style leakage rule: {note}." for note in sorted(rules)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import dist, record, tracking
-from .config import SasftError
+from . import dist, record, wandb
+from .config import CONF_MODULE, SasftError
 from .pipeline import run_experiment
 from .rundir import check_identity, identity, owned
 from .train import last_checkpoint
@@ -86,7 +86,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         if resume_from:
             log.info("resuming training from %s (an earlier attempt of this run stopped there)",
                      resume_from)
-        with tracking.start(cfg, run_dir) as tracker:
+        with wandb.start(cfg, run_dir) as tracker:
             results = run_experiment(cfg, run_dir, callbacks=tracker.callbacks())
             tracker.log_results(results, run_dir)
     if dist.is_main():
@@ -101,6 +101,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
 
 
 def main(cfg: DictConfig) -> float | None:
+    """The Hydra task: one run in the directory Hydra made for it."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
@@ -108,3 +109,11 @@ def main(cfg: DictConfig) -> float | None:
     except SasftError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def entry() -> None:
+    """`sasft-train` and `python run.py`: Hydra's command line over the packaged configs."""
+    import hydra
+
+    hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name="config",
+               version_base="1.3")(main)()

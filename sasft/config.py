@@ -1,17 +1,16 @@
-"""Config helpers: where `conf/` lives, the `${sasft_pkg:...}` resolver, and the checks that
-turn bad input into a clear error before any model is loaded or trained."""
+"""Config helpers: where the configs live, the resolvers they use, and the checks that turn bad
+input into a clear error before any model is loaded or trained."""
 
 from __future__ import annotations
 
-import math
 from importlib.util import find_spec
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-CONF_DIR = PACKAGE_DIR.parent / "conf"
-
+# The repository's conf/, shipped inside the package as sasft.conf (pyproject.toml).
+CONF_MODULE = "sasft.conf"
 
 
 def _run_path(*, _root_) -> str:
@@ -39,32 +38,24 @@ class ConfigError(SasftError, ValueError):
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every check that needs no model weights. Checks needing the model's shape (how many
-    layers it has) run right after loading it, still before any data is generated."""
-    ratio = cfg.mix_ratio
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
-        raise ConfigError(f"mix_ratio must be a finite number >= 0, got {ratio!r}")
-    if ratio < 0:
-        raise ConfigError(f"mix_ratio must be >= 0, got {ratio}")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    """Every check that needs no model weights: each field's type (Hydra, at composition) and
+    range (sasft/schema.py), then what depends on several fields or on the machine. Checks
+    needing the model's shape run right after, from its config alone."""
+    from .schema import check
 
+    check(cfg)
     check_worlds(cfg)
     model = cfg.model
-    if model.get("path"):
+    if model.path:
         path = Path(model.path)
-        if not path.exists() and "toy" not in model:
+        if not path.exists() and model.toy is None:
             raise ConfigError(f"model.path does not exist: {path}")
         if path.exists() and not (path / "config.json").is_file():
             raise ConfigError(f"model.path has no config.json, so it is not a model: {path}")
-    elif not model.get("hub_id"):
+    elif not model.hub_id:
         raise ConfigError("model needs a local `path` or a `hub_id`")
 
-    backend = cfg.generation.get("backend", "hf")
-    if backend not in ("hf", "vllm"):
-        raise ConfigError(f"generation.backend must be one of hf, vllm; got {backend!r}")
-
-    if cfg.train.get("use_liger_kernel"):
+    if cfg.train.use_liger_kernel:
         import torch
 
         missing = []
@@ -75,15 +66,6 @@ def validate(cfg: DictConfig) -> None:
         if missing:
             raise ConfigError(f"train.use_liger_kernel=true needs {' and '.join(missing)}; "
                               "or set train.use_liger_kernel=false")
-
-    frozen = cfg.method.get("frozen_layers")
-    if frozen is not None and (not isinstance(frozen, int) or frozen < 0):
-        raise ConfigError(f"method.frozen_layers must be an integer >= 0, got {frozen!r}")
-    trainable = cfg.method.get("trainable_layers")
-    if trainable is not None and (not isinstance(trainable, int) or trainable < 0):
-        raise ConfigError(f"method.trainable_layers must be an integer >= 0, got {trainable!r}")
-    if frozen is not None and trainable is not None:
-        raise ConfigError("set method.frozen_layers or method.trainable_layers, not both")
 
 
 # The groups whose settings belong to one world, and the options of each world.
@@ -113,9 +95,14 @@ def resolved(cfg: DictConfig) -> dict:
 def compose_config(overrides: list[str] = ()) -> DictConfig:
     """The config `run.py` would get with these command-line overrides, without running
     Hydra's app (for scripts, benchmarks and tests)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+from .schema import register  # noqa: E402  (the schemas need ConfigError, defined above)
+
+register()

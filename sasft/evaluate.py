@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config import ConfigError
+from .schema import benchmark_spec
 from .data import read_jsonl
 from .record import write_json_atomic
 
@@ -36,13 +36,6 @@ log = logging.getLogger(__name__)
 # lm-eval writes a warning per task for choices we make on purpose; keep the run log readable.
 for _name in ("lm_eval", "lm-eval", "lm_eval.api.task", "lm_eval.evaluator"):
     logging.getLogger(_name).setLevel(logging.ERROR)
-
-
-def _plain(value):
-    """A spec value as plain Python (lm-eval's task config chokes on OmegaConf containers)."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def rougeL(references: list[str], predictions: list[str]) -> float:  # noqa: N802 (its result key)
@@ -71,7 +64,7 @@ _SCALE = {"chrf": 0.01}  # lm-eval reports chrF out of 100
 
 def local_task_config(name: str, spec: dict, eos: str) -> dict:
     """An lm-eval task config over a local JSONL file (validated here, with line numbers)."""
-    spec = {k: _plain(v) for k, v in spec.items()}
+    spec = benchmark_spec(spec)
     read_jsonl(spec["file"])
     config: dict[str, Any] = {
         "task": f"sasft_{name}",
@@ -82,7 +75,7 @@ def local_task_config(name: str, spec: dict, eos: str) -> dict:
         # The chat template already ends the context with the assistant header.
         "target_delimiter": "",
     }
-    if spec.get("output_type", "generate_until") == "multiple_choice":
+    if spec["output_type"] == "multiple_choice":
         config |= {
             "output_type": "multiple_choice",
             "doc_to_choice": "choices",
@@ -90,27 +83,27 @@ def local_task_config(name: str, spec: dict, eos: str) -> dict:
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         }
         return config
-    metric = spec.get("metric", "exact_match")
+    metric = spec["metric"] or "exact_match"
     if metric not in _GENERATIVE_METRICS:
         raise ConfigError(f"benchmark {name}: metric {metric!r} is not one of "
                           f"{', '.join(_GENERATIVE_METRICS)}")
     entry = dict(_GENERATIVE_METRICS[metric])
     if metric == "exact_match":
-        entry |= {"ignore_case": spec.get("ignore_case", False), "ignore_punctuation": False}
-        if spec.get("regexes_to_ignore"):
+        entry |= {"ignore_case": spec["ignore_case"], "ignore_punctuation": False}
+        if spec["regexes_to_ignore"]:
             # Deleted from prediction and reference alike: "1,000" == "1000", "$5" == "5".
             entry["regexes_to_ignore"] = list(spec["regexes_to_ignore"])
     config |= {
         "output_type": "generate_until",
-        "doc_to_target": "{{" + spec.get("target", "response") + "}}",
+        "doc_to_target": "{{" + spec["target"] + "}}",
         "generation_kwargs": {
             "until": [eos],
-            "max_gen_toks": spec.get("max_gen_toks", 64),
+            "max_gen_toks": spec["max_gen_toks"],
             "do_sample": False,
         },
         "metric_list": [entry],
     }
-    if spec.get("answer_regex"):
+    if spec["answer_regex"]:
         # Score the answer, not the phrasing around it (as GSM8K's flexible-extract does); by
         # default the last match, where a worked solution puts its final answer.
         config["filter_list"] = [
@@ -118,7 +111,7 @@ def local_task_config(name: str, spec: dict, eos: str) -> dict:
                 "name": "extract",
                 "filter": [
                     {"function": "regex", "regex_pattern": spec["answer_regex"],
-                     "group_select": spec.get("group_select", -1)},
+                     "group_select": spec["group_select"]},
                     {"function": "take_first"},
                 ],
             }
@@ -132,12 +125,13 @@ def local_task_config(name: str, spec: dict, eos: str) -> dict:
 
 def _metric_key(spec: dict) -> str:
     """The key of the reported number in lm-eval's results: "<metric>,<filter>"."""
-    if spec.get("lm_eval_task"):
-        metric = spec.get("metric", "acc")
+    spec = benchmark_spec(spec)
+    if spec["lm_eval_task"]:
+        metric = spec["metric"] or "acc"
         return metric if "," in metric else f"{metric},none"
-    if spec.get("output_type", "generate_until") == "multiple_choice":
+    if spec["output_type"] == "multiple_choice":
         return "acc,none"
-    return f"{spec.get('metric', 'exact_match')},extract"
+    return f"{spec['metric'] or 'exact_match'},extract"
 
 
 @functools.lru_cache(maxsize=1)
@@ -158,14 +152,15 @@ def build_tasks(benchmarks: dict[str, dict], eos: str) -> tuple[list, dict[str, 
     manager = _task_manager()
     objects, result_names = [], {}
     for name, spec in benchmarks.items():
-        if spec.get("lm_eval_task"):
+        spec = benchmark_spec(spec)
+        if spec["lm_eval_task"]:
             top = spec["lm_eval_task"]
             loaded = manager.load(top)
         else:
             config = local_task_config(name, spec, eos)
             top = config["task"]
             loaded = manager.load(config)
-        if spec.get("num_fewshot") is not None:
+        if spec["num_fewshot"] is not None:
             for task in loaded["tasks"].values():
                 task.set_config(key="num_fewshot", value=int(spec["num_fewshot"]))
         if top in loaded["groups"]:
@@ -184,12 +179,12 @@ def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, 
     import lm_eval
 
     objects, result_names = build_tasks(benchmarks, eos)
-    seed = cfg.get("seed", 0)
+    seed = cfg.seed
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=objects,
         task_manager=_task_manager(),
-        limit=cfg.get("limit"),
+        limit=cfg.limit,
         apply_chat_template=True,
         fewshot_as_multiturn=True,  # few-shot examples as earlier chat turns
         log_samples=False,
@@ -218,7 +213,7 @@ def evaluate(model, tokenizer, benchmarks: dict[str, dict], cfg) -> dict[str, fl
         pretrained=model,
         tokenizer=tokenizer,
         batch_size=cfg.batch_size,
-        max_batch_size=cfg.get("max_batch_size", 64),
+        max_batch_size=cfg.max_batch_size,
         device=str(model.device),
     )
     was_training = model.training
@@ -236,11 +231,11 @@ def _base_key(fingerprint: str, name: str, spec: dict, cfg) -> str:
     """Everything a base score depends on: the model, the whole spec (num_fewshot, metric,
     extraction, ...), the eval settings (limit, seed), the bytes of a local test file (an edited
     file is another benchmark) and lm-eval's version (its registry tasks change by release)."""
-    spec = {k: _plain(v) for k, v in spec.items()}
-    file = spec.get("file")
+    spec = benchmark_spec(spec)
+    file = spec["file"]
     digest = hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
     blob = json.dumps({"model": fingerprint, "name": name, "spec": spec,
-                       **{k: cfg.get(k) for k in _EVAL_KEYS}, "file_digest": digest,
+                       **{k: cfg[k] for k in _EVAL_KEYS}, "file_digest": digest,
                        "lm_eval": metadata.version("lm_eval")},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -63,8 +63,6 @@ class Freeze(Method):
         if sum(x is not None for x in (frozen_layers, trainable_layers, frozen_fraction)) != 1:
             raise ConfigError("freeze needs exactly one of method.frozen_layers, "
                               "method.trainable_layers, method.frozen_fraction")
-        if frozen_fraction is not None and not 0.0 <= frozen_fraction <= 1.0:
-            raise ConfigError(f"method.frozen_fraction must be in [0, 1], got {frozen_fraction}")
         self.name = name
         self.frozen_layers, self.trainable_layers = frozen_layers, trainable_layers
         self.frozen_fraction = frozen_fraction

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 def model_source(cfg) -> str:
     """The directory or hub id to load from; builds a missing toy checkpoint first."""
-    if cfg.get("path"):
-        if "toy" in cfg:
+    if cfg.path:
+        if cfg.toy is not None:
             from .toy.build import ensure_toy_model
 
             ensure_toy_model(cfg)
@@ -38,7 +38,7 @@ def _hub_kwargs(cfg) -> dict:
     """Arguments every `from_pretrained` call shares. A revision means something only for a
     hub id; remote code runs only when the user opted in (`model.trust_remote_code=true`)."""
     kwargs = {"trust_remote_code": cfg.trust_remote_code}
-    if not cfg.get("path") and cfg.get("revision"):
+    if not cfg.path and cfg.revision:
         kwargs["revision"] = cfg.revision
     return kwargs
 
@@ -49,7 +49,7 @@ def load_tokenizer(cfg):
     source = model_source(cfg)
     # A toy checkpoint's tokenizer is the generic character tokenizer whatever the architecture;
     # AutoTokenizer would re-map it by model type (qwen2 -> Qwen2Tokenizer, losing the spaces).
-    loader = PreTrainedTokenizerFast if "toy" in cfg else AutoTokenizer
+    loader = PreTrainedTokenizerFast if cfg.toy is not None else AutoTokenizer
     tokenizer = loader.from_pretrained(source, **_hub_kwargs(cfg))
     if not tokenizer.chat_template:
         raise ConfigError(
@@ -65,7 +65,7 @@ def inspect_model(cfg):
     """The architecture and the tokenizer, without the weights: enough to check layer counts
     and sequence lengths before anything expensive, and to refuse a model without a chat
     template. A toy model not built yet is described by its spec, so checking never builds."""
-    if "toy" in cfg and not (Path(cfg.path) / "config.json").is_file():
+    if cfg.toy is not None and not (Path(cfg.path) / "config.json").is_file():
         from .toy.tokenizer import build_tokenizer
 
         return AutoConfig.for_model(cfg.toy.architecture, **cfg.toy.config), build_tokenizer()
@@ -119,7 +119,7 @@ def hub_commit(cfg) -> str:
     """The commit a hub model was loaded from: read from the local HF cache (no network), so
     an unpinned model that moves on the hub gets a new fingerprint instead of reusing stale
     base scores and self-dialogues. Falls back to the configured revision."""
-    revision = cfg.get("revision") or "main"
+    revision = cfg.revision or "main"
     try:
         from huggingface_hub import try_to_load_from_cache
 
@@ -135,7 +135,7 @@ def fingerprint(cfg) -> str:
     """A short id of the model's weights and tokenizer, for keys of cached artifacts.
     Local files are hashed by size and their first and last MiB (cheap even for 16 GB of
     weights); a hub model is named by id and the commit it was loaded from."""
-    if not cfg.get("path"):
+    if not cfg.path:
         return hashlib.sha256(f"{cfg.hub_id}@{hub_commit(cfg)}".encode()).hexdigest()[:16]
     digest = hashlib.sha256()
     for f in sorted(Path(cfg.path).iterdir()):

@@ -11,17 +11,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import set_seed
 
 from . import dist, record
-from .adapters import apply_peft
+from .peft import apply_peft
 from .config import ConfigError, resolved, validate
 from .data import build_mix, read_jsonl, token_length, write_jsonl
 from .evaluate import cached_base_scores, evaluate
 from .method import MixContext
 from .model import fingerprint, inspect_model, load_model
 from .rundir import identity, identity_hash, variant
+from .schema import benchmark_spec
 from .task import Task, load_task
 from .train import train
 
@@ -46,7 +47,7 @@ def benchmarks_of(cfg: DictConfig, task: Task) -> tuple[dict[str, dict], dict[st
     for name, spec in cfg.eval.general.items():
         if name in specs:
             raise ConfigError(f"eval.general.{name} has the same name as the task")
-        specs[name], kinds[name] = OmegaConf.to_container(spec, resolve=True), "general"
+        specs[name], kinds[name] = benchmark_spec(spec), "general"
     return specs, kinds
 
 
@@ -88,7 +89,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     task = load_task(cfg.task)
     benchmarks, kinds = benchmarks_of(cfg, task)
     for spec in benchmarks.values():
-        if spec.get("file"):
+        if spec["file"]:
             read_jsonl(spec["file"])
     model_config, tokenizer = inspect_model(cfg.model)
     method.check(model_config)
@@ -113,7 +114,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
 
     # 4. Train: the method decides what is trainable; everything else is shared.
     method.select_trainable(model)
-    model = apply_peft(model, cfg.get("peft"), method)  # LoRA adapters, if any, where it trains
+    model = apply_peft(model, cfg.peft, method)  # LoRA adapters, if any, where it trains
     in_domain = {cfg.task.name: benchmarks[cfg.task.name]}
 
     def in_domain_eval(m) -> float:  # the paper's Figure 3: in-domain score during training
@@ -122,7 +123,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     with _timed(timings, "train"):
         history = train(model, tokenizer, mix, cfg.train, run_dir, cfg.seed,
                         in_domain_eval=in_domain_eval, callbacks=callbacks)
-    if cfg.train.get("save_model") and dist.is_main():
+    if cfg.train.save_model and dist.is_main():
         model.save_pretrained(run_dir / "model")
         tokenizer.save_pretrained(run_dir / "model")
 
@@ -138,7 +139,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
         "run": {"model": cfg.model.name, "task": cfg.task.name, "method": method.name,
                 "method_params": method_params, "mix_ratio": method.mix_ratio,
                 "seed": cfg.seed, "mixes_data": method.mixes_data,
-                "peft": cfg.peft.name if cfg.get("peft") else "full",
+                "peft": cfg.peft.name,
                 "identity": identity_hash(fields), "variant": identity_hash(variant(fields))},
         "scores": scores,
         "summary": record.summarize(scores),

@@ -30,10 +30,8 @@ How scenarios are counted (as the paper counts "best in 40 of 50 scenarios"):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
-import math
 import os
 import statistics
 import sys
@@ -41,209 +39,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .record import RESULTS_FILE, SCHEMA_VERSION
+from .figures import (FIG2, FIG3, FIG_LAYERS, FIG_SCATTER, figure2, figure3, layer_figure,
+                      scatter_figure)
+from .runs import (DRIFT_FILE, MEASURES, Run, Stat, WhereError, at_reference, family, find_runs,
+                   label_variants, ordered, reference_ratio, seed_stats, select, write_csv)
 
 log = logging.getLogger(__name__)
 
-METHOD_ORDER = ("task_only", "freeze", "freeze_half", "ext_mix", "ext_mix_ultrachat", "sasft")
-# Identity fields that never name a variant: the seed (repeats), and the mix ratio, which the
-# comparison fixes at one reference ratio and Figure 2 puts on its x axis.
-NOT_VARIANT = ("seed", "method.mix_ratio")
 HEADLINE_METHOD, HEADLINE_NAME = "sasft", "SA-SFT"
 TIE_TOLERANCE = 1e-9
-DEFAULT_RATIO = 1.0  # conf/config.yaml's mix_ratio: the ratio a plain `python run.py` uses
-FIG2, FIG3 = "fig2_mix_ratio.png", "fig3_in_domain_steps.png"
-DRIFT_FILE = "drift.json"  # written by sasft.analyze into each run directory
-FIG_LAYERS, FIG_SCATTER = "fig_drift_layers.png", "fig_drift_scatter.png"
 # Written only when there is something to show: removed first, so no stale copy outlives it.
 OPTIONAL_OUTPUTS = (FIG2, FIG3, FIG_LAYERS, FIG_SCATTER, "mix_ratio.csv", "in_domain_steps.csv",
                     "drift.csv")
-
-
-# --- reading runs ---------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    dir: Path
-    results: dict
-    label: str = ""  # the method, and the fields that tell its variants apart (label_variants)
-
-    @property
-    def model(self) -> str:
-        return self.results["run"]["model"]
-
-    @property
-    def task(self) -> str:
-        return self.results["run"]["task"]
-
-    @property
-    def method(self) -> str:
-        return self.results["run"]["method"]
-
-    @property
-    def ratio(self) -> float | None:
-        ratio = self.results["run"]["mix_ratio"]
-        return None if ratio is None else float(ratio)
-
-    @property
-    def seed(self) -> int:
-        return self.results["run"]["seed"]
-
-    @property
-    def mixes_data(self) -> bool:
-        return self.results["run"]["mixes_data"]
-
-    @property
-    def identity(self) -> dict:
-        return self.results["identity"]
-
-    @property
-    def variant(self) -> str:
-        return self.results["run"]["variant"]
-
-
-def _not_a_run(path: Path, root: Path) -> bool:
-    # Hydra keeps a copy of the config in `.hydra/config.yaml`, and W&B one in
-    # `wandb/<run>/files/config.yaml`: neither marks a run directory.
-    return any(part.startswith(".") or part == "wandb" for part in path.relative_to(root).parts)
-
-
-def find_runs(root: Path, skip: Path | None = None) -> tuple[list[Run], list[tuple[Path, str]]]:
-    """Completed runs under `root`, and (run dir, reason) for those that are not usable."""
-    root = Path(root)
-    skip = Path(skip).resolve() if skip else None
-    # The report folder may sit inside the sweep; whatever is written there is not a run.
-    inside_skip = lambda p: skip is not None and skip in p.resolve().parents  # noqa: E731
-    runs, missing = [], []
-    for path in sorted(root.rglob(RESULTS_FILE)):
-        if _not_a_run(path, root) or inside_skip(path):
-            continue
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            missing.append((path.parent, f"unreadable {RESULTS_FILE}: {e}"))
-            continue
-        if results.get("schema") != SCHEMA_VERSION:
-            missing.append((path.parent, f"schema {results.get('schema')!r}, "
-                                         f"expected {SCHEMA_VERSION}"))
-            continue
-        runs.append(Run(path.parent, results))
-    for path in sorted(root.rglob("config.yaml")):
-        if not _not_a_run(path, root) and not inside_skip(path) \
-                and not (path.parent / RESULTS_FILE).is_file():
-            missing.append((path.parent, f"no {RESULTS_FILE} (not finished, or failed)"))
-    return runs, missing
-
-
-def family(label: str) -> str:
-    """The method a variant's label names ("sasft [train.learning_rate=0.001]" -> "sasft")."""
-    return label.split(" [", 1)[0]
-
-
-def ordered(labels) -> list[str]:
-    """Labels in the project's method order, variants of one method together."""
-    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(set(labels), key=lambda l: (rank.get(family(l), len(rank)), family(l), l))
-
-
-def _value(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def label_variants(runs: list[Run]) -> None:
-    """Label each run by its method plus the identity fields in which runs of that method
-    differ within one (model, task) (the seed and mix ratio aside), so that each label holds
-    repeats of one experiment only."""
-    groups: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        groups[(run.model, run.task, run.method)].append(run)
-    varying: dict[str, set[str]] = defaultdict(set)
-    for (_, _, method), group in groups.items():
-        for key in set().union(*(r.identity for r in group)) - set(NOT_VARIANT):
-            if len({_value(r.identity.get(key)) for r in group}) > 1:
-                varying[method].add(key)
-    for run in runs:
-        keys = sorted(varying[run.method])
-        run.label = run.method + (" [" + ", ".join(f"{k}={_value(run.identity.get(k))}"
-                                                   for k in keys) + "]" if keys else "")
-
-
-class WhereError(ValueError):
-    """A --where filter that names no identity field of any run."""
-
-
-def select(runs: list[Run], where: list[str]) -> list[Run]:
-    """The runs whose identity has every `field=value` of `where` (values compared as YAML)."""
-    import yaml
-
-    for condition in where:
-        field_name, sep, text = condition.partition("=")
-        if not sep:
-            raise WhereError(f"--where {condition!r}: expected field=value")
-        if runs and not any(field_name in r.identity for r in runs):
-            raise WhereError(f"--where {condition!r}: no run has the field {field_name!r} "
-                             f"(fields look like train.learning_rate, method.name, model.name)")
-        wanted = yaml.safe_load(text)
-        if isinstance(wanted, str):  # YAML reads 1e-4 as a string: try it as a number too
-            try:
-                wanted = float(wanted)
-            except ValueError:
-                pass
-        runs = [r for r in runs if r.identity.get(field_name) == wanted
-                or _value(r.identity.get(field_name)) == text]
-    return runs
-
-
-def reference_ratio(runs: list[Run], requested: float | None) -> tuple[float | None, str]:
-    """The mix ratio at which mixing methods are compared, and how it was chosen."""
-    counts: dict[float, int] = defaultdict(int)
-    for run in runs:
-        if run.mixes_data:
-            counts[run.ratio] += 1
-    if requested is not None:
-        found = any(math.isclose(r, requested) for r in counts)
-        return requested, "given with --ratio" + ("" if found else " (no mixing run has it)")
-    if not counts:
-        return None, "no mixing runs"
-    if any(math.isclose(r, DEFAULT_RATIO) for r in counts):
-        return DEFAULT_RATIO, "the default mix_ratio; --ratio changes it"
-    ratio = min(counts, key=lambda r: (-counts[r], r))
-    return ratio, "the ratio with the most mixing runs (no run at the default 1.0)"
-
-
-def at_reference(run: Run, ratio: float | None) -> bool:
-    return not run.mixes_data or (ratio is not None and math.isclose(run.ratio, ratio))
-
-
-# --- statistics -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stat:
-    mean: float
-    std: float
-    n: int  # seeds
-
-    def text(self, signed: bool = False) -> str:
-        return f"{self.mean:{'+' if signed else ''}.3f} ± {self.std:.3f}"
-
-
-def seed_stats(values: list[tuple[int, float]]) -> Stat:
-    """Mean and std over seeds of (seed, value) pairs; values sharing a seed are averaged first."""
-    by_seed: dict[int, list[float]] = defaultdict(list)
-    for seed, value in values:
-        by_seed[seed].append(value)
-    means = [statistics.fmean(v) for v in by_seed.values()]
-    std = statistics.stdev(means) if len(means) > 1 else 0.0
-    return Stat(statistics.fmean(means), std, len(means))
-
-
-def pearson(xs: list[float], ys: list[float]) -> float | None:
-    """Pearson's r, or None where it means nothing (fewer than 3 points, or a constant)."""
-    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
-        return None
-    return statistics.correlation(xs, ys)
 
 
 # --- the scenario table ---------------------------------------------------------------------
@@ -337,12 +144,6 @@ def averages(table: list[Scenario], methods: list[str]) -> list[tuple[str, float
 # --- CSV ------------------------------------------------------------------------------------
 
 
-def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def table_rows(table: list[Scenario], methods: list[str]) -> tuple[list[str], list[list]]:
@@ -368,129 +169,6 @@ def write_run_csv(path: Path, runs: list[Run]) -> Path:
              s["final"], s["delta"], r.variant, str(r.dir)]
             for r in runs for bench, s in sorted(r.results["scores"].items())]
     return write_csv(path, header, rows)
-
-
-# --- figures --------------------------------------------------------------------------------
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on a cluster node
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def color(label: str) -> str:
-    """One colour per method (and variant) in every figure."""
-    known = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}
-    return known.get(label, f"C{(len(METHOD_ORDER) + sum(map(ord, label))) % 10}")
-
-
-def save_figure(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    pyplot().close(fig)
-    return path
-
-
-def _summary_stats(runs: list[Run], field_name: str) -> Stat | None:
-    pairs = [(r.seed, r.results["summary"][field_name]) for r in runs
-             if field_name in r.results.get("summary", {})]
-    return seed_stats(pairs) if pairs else None
-
-
-def mix_ratio_points(runs: list[Run]) -> dict[str, dict[float, dict[str, Stat]]]:
-    """{method: {ratio: {"general_final"|"in_domain_final": Stat}}} for the mixing methods;
-    per seed the value is the mean over models and tasks."""
-    by: dict[str, dict[float, list[Run]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        if run.mixes_data:
-            by[run.label][run.ratio].append(run)
-    points: dict = {}
-    for method in ordered(by):
-        for ratio in sorted(by[method]):
-            stats = {f: _summary_stats(by[method][ratio], f)
-                     for f in ("general_final", "in_domain_final")}
-            points.setdefault(method, {})[ratio] = {f: s for f, s in stats.items() if s}
-    return points
-
-
-def figure2(runs: list[Run], out_dir: Path) -> tuple[Path | None, str]:
-    points = mix_ratio_points(runs)
-    ratios = {r for by_ratio in points.values() for r in by_ratio}
-    if len(ratios) < 2:
-        return None, (f"Figure 2 skipped: it needs at least 2 mix ratios among the mixing "
-                      f"methods, found {len(ratios)}.")
-    rows = [[m, r, f, s.mean, s.std, s.n] for m, by_ratio in points.items()
-            for r, stats in by_ratio.items() for f, s in stats.items()]
-    write_csv(out_dir / "mix_ratio.csv", ["method", "mix_ratio", "measure", "mean", "std", "seeds"],
-              rows)
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    panels = (("general_final", "general-skill average"), ("in_domain_final", "in-domain score"))
-    flat = ordered({r.label for r in runs if r.method == "task_only"})
-    for ax, (measure, title) in zip(axes, panels):
-        for method, by_ratio in points.items():
-            xs = [r for r in sorted(by_ratio) if measure in by_ratio[r]]
-            ax.errorbar(xs, [by_ratio[r][measure].mean for r in xs],
-                        yerr=[by_ratio[r][measure].std for r in xs], marker="o", capsize=3,
-                        label=method, color=color(method))
-        for label in flat:  # task_only ignores the ratio: a dashed line per variant
-            task_only = _summary_stats([r for r in runs if r.label == label], measure)
-            if task_only:
-                ax.axhline(task_only.mean, linestyle="--", color=color(label), label=label)
-        base = _summary_stats(runs, measure.replace("_final", "_base"))
-        if base:
-            ax.axhline(base.mean, linestyle=":", color="gray", label="base model")
-        ax.set(title=title, xlabel="mix ratio (auxiliary per task example)", ylabel="score")
-        ax.legend()
-    fig.suptitle("Figure 2: score against mix ratio (mean ± std over seeds)", y=1.02)
-    return save_figure(fig, out_dir / FIG2), ""
-
-
-def in_domain_curve(runs: list[Run]) -> list[tuple[int, Stat]]:
-    """(step, Stat over seeds) of the in-domain score logged during training."""
-    by_step: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    for run in runs:
-        for entry in run.results.get("history", []):
-            if "eval_in_domain" in entry and "step" in entry:
-                by_step[int(entry["step"])].append((run.seed, entry["eval_in_domain"]))
-    return [(step, seed_stats(by_step[step])) for step in sorted(by_step)]
-
-
-def figure3(runs: list[Run], ratio: float | None, out_dir: Path) -> tuple[Path | None, str]:
-    panels: dict[tuple[str, str], dict[str, list]] = defaultdict(dict)
-    for model, task in sorted({(r.model, r.task) for r in runs}):
-        chosen = [r for r in runs if (r.model, r.task) == (model, task) and at_reference(r, ratio)]
-        for method in ordered({r.label for r in chosen}):
-            curve = in_domain_curve([r for r in chosen if r.label == method])
-            if curve:
-                panels[(model, task)][method] = curve
-    if not panels:
-        return None, "Figure 3 skipped: no run logged in-domain scores during training."
-    write_csv(out_dir / "in_domain_steps.csv",
-              ["model", "task", "method", "step", "mean", "std", "seeds"],
-              [[mt[0], mt[1], m, step, s.mean, s.std, s.n] for mt, curves in panels.items()
-               for m, curve in curves.items() for step, s in curve])
-    plt = pyplot()
-    cols = min(len(panels), 4)
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
-    for ax, ((model, task), curves) in zip(axes.flat, panels.items()):
-        for method, curve in curves.items():
-            steps = [s for s, _ in curve]
-            mean = [st.mean for _, st in curve]
-            std = [st.std for _, st in curve]
-            ax.plot(steps, mean, marker=".", label=method, color=color(method))
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std)],
-                            [m + s for m, s in zip(mean, std)], alpha=0.2, color=color(method))
-        ax.set(title=f"{model} / {task}", xlabel="training step", ylabel="in-domain score")
-        ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle("Figure 3: in-domain score during training (mean ± std over seeds)", y=1.02)
-    return save_figure(fig, out_dir / FIG3), ""
 
 
 # --- report.md ------------------------------------------------------------------------------
@@ -536,12 +214,53 @@ def counting_note(ratio: float | None, how: str, labels: list[str], where: list[
             "every tied method.")
 
 
+def drift_rows(records: list[tuple[Run, dict]]) -> tuple[list[str], list[list]]:
+    header = ["model", "task", "method", "mix_ratio", "seed", "general_delta",
+              "in_domain_delta", "weight_global", *MEASURES, "leakage_rule"]
+    rows = [[r.model, r.task, r.label, r.ratio, r.seed,
+             r.results["summary"].get("general_delta"), r.results["summary"].get("in_domain_delta"),
+             d["weights"]["global"], *(read(d) for _, read in MEASURES.values()),
+             d["style_leakage"]["rule"]] for r, d in records]
+    return header, rows
+
+
+def method_lines(records: list[tuple[Run, dict]], ratio: float | None) -> list[str]:
+    chosen = [(r, d) for r, d in records if at_reference(r, ratio)]
+    rows = []
+    for method in ordered({r.label for r, _ in chosen}):
+        cells = []
+        for _, read in MEASURES.values():
+            pairs = [(r.seed, read(d)) for r, d in chosen if r.label == method
+                     and read(d) is not None]
+            cells.append(seed_stats(pairs).text() if pairs else "–")
+        rows.append([method, *cells])
+    return md_table(["method", *(label for label, _ in MEASURES.values())], rows)
+
+
+def drift_section(runs: list[Run], ratio: float | None, out_dir: Path) -> list[str]:
+    """The "Drift" lines, from the runs' drift.json; writes drift.csv and the figures."""
+    records = [(r, json.loads((r.dir / DRIFT_FILE).read_text())) for r in runs]
+    write_csv(out_dir / "drift.csv", *drift_rows(records))
+    layers = layer_figure(records, ratio, out_dir)
+    scatter, stats = scatter_figure(records, out_dir)
+    rules = {d["style_leakage"]["note"] for _, d in records}
+    lines = [f"{len(records)} runs analyzed by `python -m sasft.analyze` (per run: drift.csv). "
+             "Per method at the reference ratio, mean ± std over seeds:", "",
+             *method_lines(records, ratio), "",
+             f"![{layers.stem}]({layers.name})", "",
+             "Pearson correlation of each drift measure with the general-score change "
+             "(every analyzed run, every ratio):", "",
+             *md_table(["measure", "Pearson r", "runs"],
+                       [[n, f"{r:.3f}" if r is not None else "n/a (fewer than 3 runs or "
+                         "constant)", k] for n, r, k in stats]), "",
+             f"![{scatter.stem}]({scatter.name})", ""]
+    return lines + [f"Style leakage rule: {note}." for note in sorted(rules)]
+
+
 def drift_lines(runs: list[Run], ratio: float | None, out_dir: Path) -> list[str]:
     with_drift = [r for r in runs if (r.dir / DRIFT_FILE).is_file()]
     if not with_drift:
         return ["No run has a drift.json yet: `python -m sasft.analyze <sweep dir>` writes them."]
-    from .analyze import drift_section  # only now: it brings torch and transformers
-
     return drift_section(with_drift, ratio, out_dir)
 
 

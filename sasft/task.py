@@ -63,7 +63,7 @@ _TEST_KEYS = ("hub_id", "hub_config", "revision", "test_split", "test_file", "pr
 
 def is_mapped(cfg) -> bool:
     """Whether the task maps a foreign schema (form 2) rather than using sasft's own (form 1)."""
-    return "prompt_template" in cfg
+    return cfg.prompt_template is not None
 
 
 def _paths(pattern: str) -> list[Path]:
@@ -127,12 +127,12 @@ def load_hub_split(hub_id: str, config: str | None, split: str, revision: str | 
 def split_records(cfg, split: str) -> list[tuple[str, dict]]:
     """The `split` ("train" or "test") records of a mapped task: its local file if set, else
     its hub dataset, capped at max_<split>_examples."""
-    limit = cfg.get(f"max_{split}_examples")
-    if cfg.get(f"{split}_file"):
+    limit = cfg[f"max_{split}_examples"]
+    if cfg[f"{split}_file"]:
         return read_records(cfg[f"{split}_file"], limit)
-    if cfg.get("hub_id"):
-        return load_hub_split(cfg.hub_id, cfg.get("hub_config"), cfg[f"{split}_split"],
-                              cfg.get("revision"), limit)
+    if cfg.hub_id:
+        return load_hub_split(cfg.hub_id, cfg.hub_config, cfg[f"{split}_split"], cfg.revision,
+                              limit)
     raise DataError(f"task {cfg.name} has neither {split}_file nor hub_id for its {split} split")
 
 
@@ -158,12 +158,12 @@ def to_example(record: dict, cfg, where: str) -> dict:
     test scores; it comes from answer_field, or from answer_pattern applied to the response."""
     context = dict(record)
     for alias in ("prompt", "response", "answer"):
-        if cfg.get(f"{alias}_field"):
+        if cfg[f"{alias}_field"]:
             context[alias] = _field(record, cfg[f"{alias}_field"], where)
     prompt = _render(cfg.prompt_template, context, where, "prompt_template")
-    if cfg.get("response_template"):
+    if cfg.response_template:
         response = _render(cfg.response_template, context, where, "response_template")
-    elif cfg.get("response_field"):
+    elif cfg.response_field:
         response = str(context["response"])
     else:
         raise DataError(f"task {cfg.name} needs response_field or response_template")
@@ -171,9 +171,9 @@ def to_example(record: dict, cfg, where: str) -> dict:
     for key in ("prompt", "response"):
         if not example[key]:
             raise DataError(f"{where}: the rendered {key} is empty")
-    if cfg.get("answer_field"):
+    if cfg.answer_field:
         example["answer"] = str(context["answer"]).strip()
-    elif cfg.get("answer_pattern"):
+    elif cfg.answer_pattern:
         found = re.search(cfg.answer_pattern, example["response"], flags=re.MULTILINE)
         if not found:
             raise DataError(f"{where}: task.answer_pattern {cfg.answer_pattern!r} finds no "
@@ -185,9 +185,9 @@ def to_example(record: dict, cfg, where: str) -> dict:
 def prepared_test_key(cfg) -> str:
     """A hash of everything that shapes the prepared test file, local test files' bytes
     included (an edited file gets a new prepared file, and so new base scores)."""
-    digest = hashlib.sha256(json.dumps({k: cfg.get(k) for k in _TEST_KEYS}, sort_keys=True,
+    digest = hashlib.sha256(json.dumps({k: cfg[k] for k in _TEST_KEYS}, sort_keys=True,
                                        default=str).encode())
-    if cfg.get("test_file"):
+    if cfg.test_file:
         for path in _paths(str(cfg.test_file)):
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -219,7 +219,7 @@ def load_task(cfg) -> Task:
     benchmark = OmegaConf.to_container(cfg.benchmark, resolve=True)
     if not is_mapped(cfg):
         records = read_jsonl(cfg.train_file)
-        if cfg.get("max_train_examples"):
+        if cfg.max_train_examples:
             records = records[: cfg.max_train_examples]
         return Task([to_dialogue(r) for r in records], benchmark)
     dialogues = [to_dialogue(to_example(r, cfg, w)) for w, r in split_records(cfg, "train")]

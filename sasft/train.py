@@ -83,14 +83,14 @@ def train_collator(tokenizer, cfg):
     (flash-attention's varlen kernels, or sdpa/eager through a block-diagonal mask built from
     those position ids) keeps them apart; the first label of each example is masked, so the
     loss is the padded batch's loss."""
-    if cfg.get("packing"):
+    if cfg.packing:
         return DataCollatorWithFlattening()
     return collator(tokenizer)
 
 
 def training_arguments(cfg, output_dir: Path, seed: int, use_cpu: bool,
                        evaluate: bool) -> TrainingArguments:
-    every = cfg.get("eval_every_steps") or 0
+    every = cfg.eval_every_steps
     return TrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -105,11 +105,11 @@ def training_arguments(cfg, output_dir: Path, seed: int, use_cpu: bool,
         logging_steps=cfg.logging_steps,
         eval_strategy="steps" if evaluate and every > 0 else "no",
         eval_steps=every or None,
-        save_strategy="steps" if cfg.get("save_steps") else "no",
-        save_steps=cfg.get("save_steps") or 500,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
         save_total_limit=2,
         bf16=cfg.bf16,
-        use_liger_kernel=cfg.get("use_liger_kernel", False),
+        use_liger_kernel=cfg.use_liger_kernel,
         seed=seed,
         data_seed=seed,
         report_to=[],

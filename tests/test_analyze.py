@@ -9,23 +9,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sasft import analyze, report
+from sasft import analyze, report, runs
 from sasft.data import tokenize
 from sasft.rundir import identity_hash, variant
 from sasft.record import summarize, write_results
 from sasft.toy.tokenizer import build_tokenizer
+from tests.conftest import compose_config
 
 GENERAL = [{"prompt": f"What is {a} plus {b}?", "response": f"Sure! The answer is {a + b}."}
            for a, b in ((1, 2), (3, 4), (5, 1), (2, 2), (7, 0), (6, 3))]
 TASK = [[{"role": "user", "content": f"Is {n} odd or even?"},
          {"role": "assistant", "content": "odd" if n % 2 else "even"}] for n in range(8)]
 # Small and permissive: a random model rarely stops, so short turns and many tries.
-SETTINGS = analyze.Settings(dialogues=4, max_prompts=6, batch_size=8, max_len=128,
-                            generation={"num_turns": 1, "max_new_tokens": 64, "oversample": 16,
-                                        "max_attempts": 8, "batch_size": 64})
+SETTINGS = analyze.Settings(dialogues=4, max_prompts=6, batch_size=8, max_len=128)
+# The runs' self-dialogue settings (their config's generation), which the analysis samples with.
+MODEL = OmegaConf.to_container(compose_config([]).model)
+GENERATION = {**compose_config([]).generation, "num_turns": 1, "max_new_tokens": 64,
+              "oversample": 16, "max_attempts": 8, "batch_size": 64}
 
 
 def tiny_model(tokenizer) -> LlamaForCausalLM:
@@ -60,10 +64,10 @@ def write_run(root: Path, name: str, base_dir: Path, general_file: Path, model=N
     scores = {"parity": {"base": 0.5, "final": 0.9, "delta": 0.4, "kind": "in_domain"},
               "arithmetic": {"base": 0.6, "final": 0.6 + general_delta, "delta": general_delta,
                              "kind": "general"}}
-    config = {"model": {"name": "tiny", "path": str(base_dir), "dtype": "float32",
-                        "attn_implementation": "sdpa", "gradient_checkpointing": False,
-                        "trust_remote_code": False},
+    # As a run records it: the whole model config, here a local checkpoint (not a toy to build).
+    config = {"model": {**MODEL, "name": "tiny", "path": str(base_dir), "toy": None},
               "eval": {"general": {"arithmetic": {"file": str(general_file), "max_gen_toks": 8}}},
+              "generation": GENERATION,
               "cache_dir": str(root / "cache")}
     mixes = name in ("sasft", "ext_mix")
     ident = {"model.name": "tiny", "task.name": "parity", "method.name": name, "seed": 0}
@@ -191,7 +195,7 @@ def test_report_drift_section(sweep, tmp_path):
 
 
 def test_pearson():
-    assert report.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert report.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert report.pearson([1, 2], [1, 2]) is None
-    assert report.pearson([1, 1, 1], [1, 2, 3]) is None
+    assert runs.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert runs.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert runs.pearson([1, 2], [1, 2]) is None
+    assert runs.pearson([1, 1, 1], [1, 2, 3]) is None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hydra.errors import MissingConfigException
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import open_dict
 
 from sasft import config, pipeline
@@ -45,12 +46,59 @@ def test_unknown_method_on_the_command_line():
     assert "sasft" in proc.stderr and "task_only" in proc.stderr
 
 
-@pytest.mark.parametrize("value, needle", [("-0.5", "mix_ratio must be >= 0"),
-                                           ("lots", "mix_ratio must be a finite number"),
-                                           ("nan", "mix_ratio must be a finite number")])
-def test_bad_mix_ratio(make_cfg, tmp_path, value, needle):
-    with pytest.raises(ConfigError, match=needle):
-        pipeline.run_experiment(make_cfg(f"mix_ratio={value}"), tmp_path)
+@pytest.mark.parametrize("override, needle", [
+    ("mix_ratio=-0.5", "mix_ratio must be >= 0.0, got -0.5"),
+    ("mix_ratio=nan", "mix_ratio must be a finite number, got nan"),
+    ("train.epochs=0", "train.epochs must be >= 1, got 0"),
+    ("train.learning_rate=0", "train.learning_rate must be > 0.0, got 0.0"),
+    ("train.warmup_ratio=2", "train.warmup_ratio must be <= 1.0, got 2.0"),
+    ("train.max_seq_len=0", "train.max_seq_len must be >= 8, got 0"),
+    ("train.lr_scheduler_type=bogus", "train.lr_scheduler_type must be one of linear, cosine"),
+    ("train.save_steps=0", "train.save_steps must be >= 1, got 0"),
+    ("generation.temperature=-1", "generation.temperature must be >= 0.0, got -1.0"),
+    ("generation.top_p=1.5", "generation.top_p must be <= 1.0, got 1.5"),
+    ("generation.num_turns=0", "generation.num_turns must be >= 1, got 0"),
+    ("generation.oversample=0.5", "generation.oversample must be >= 1.0, got 0.5"),
+    ("generation.backend=tpu", "generation.backend must be one of hf, vllm, got 'tpu'"),
+    ("eval.limit=0", "eval.limit must be >= 1, got 0"),
+    ("+eval.general.legs.num_fewshot=-1", "eval.general.legs.num_fewshot must be >= 0, got -1"),
+    ("eval.general.legs.answer_regex='a(b'", "eval.general.legs.answer_regex must be a valid regular"),
+    ("model.dtype=float8", "model.dtype must be one of float32, bfloat16, float16, got 'float8'"),
+    ("method=freeze method.frozen_fraction=1.5 method.trainable_layers=null",
+     "method.frozen_fraction must be <= 1.0, got 1.5"),
+    ("peft=lora peft.r=0", "peft.r must be >= 1, got 0"),
+    ("wandb.mode=sometimes", "wandb.mode must be one of online, offline, disabled"),
+    ("owner_wait_s=-1", "owner_wait_s must be >= 0.0, got -1.0"),
+])
+def test_an_impossible_value_fails_naming_the_field(tmp_path, override, needle):
+    cfg = compose_config(override.split() + [f"cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        pipeline.run_experiment(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.learning_rate=abc", "train.learning_rate"),
+    ("mix_ratio=lots", "mix_ratio"),
+    ("seed=1.5", "seed"),
+    ("train.epochs=two", "train.epochs"),
+    ("train.epoch=2", "train.epoch"),  # a misspelt key
+])
+def test_a_wrong_type_or_unknown_key_fails_at_composition(override, needle):
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config([override])
+    assert needle in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.learning_rate=abc", "Value 'abc' of type 'str' could not be converted to Float"),
+    ("train.epochs=0", "error: train.epochs must be >= 1, got 0"),
+])
+def test_the_command_line_says_it_in_a_few_lines_without_traceback(override, needle):
+    proc = subprocess.run([sys.executable, "run.py", override], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 8, proc.stderr
 
 
 def test_liger_kernel_without_a_gpu_or_the_package(make_cfg, tmp_path, monkeypatch):
@@ -109,7 +157,7 @@ def test_malformed_line_names_file_and_line(make_cfg, tmp_path, bad_line, needle
 def test_model_path_that_does_not_exist(make_cfg, tmp_path):
     cfg = make_cfg()
     with open_dict(cfg):
-        del cfg.model["toy"]  # a user's local checkpoint, not a toy to build
+        cfg.model.toy = None  # a user's local checkpoint, not a toy to build
         cfg.model.path = str(tmp_path / "no_such_model")
     with pytest.raises(ConfigError, match="model.path does not exist: .*no_such_model"):
         pipeline.run_experiment(cfg, tmp_path)
@@ -121,3 +169,13 @@ def test_external_corpus_problems_are_caught_early(make_cfg, tmp_path):
         cfg.method.corpus_file = str(tmp_path / "missing.jsonl")
     with pytest.raises(DataError, match="data file not found"):
         pipeline.run_experiment(cfg, tmp_path)
+
+
+def test_a_benchmark_added_on_the_command_line_is_checked_like_the_others(tmp_path):
+    ok = compose_config(["model=llama", "+eval.general.hellaswag={lm_eval_task: hellaswag, "
+                         "num_fewshot: 10, metric: acc_norm}"])
+    assert ok.eval.general.hellaswag.num_fewshot == 10
+    bad = compose_config(["+eval.general.extra={file: x.jsonl, max_gen_tok: 3}",
+                          f"cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="eval.general.extra.max_gen_tok: Key 'max_gen_tok' not"):
+        pipeline.run_experiment(bad, tmp_path)

@@ -36,8 +36,8 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Llama
 
 from sasft import model as model_module
 from sasft import pipeline
-from sasft.adapters import apply_peft, load_finetuned
-from sasft.config import CONF_DIR, ConfigError, validate
+from sasft.peft import apply_peft, load_finetuned
+from sasft.config import CONF_MODULE, ConfigError, validate
 from sasft.data import DataError, read_jsonl, to_dialogue, tokenize
 from sasft.evaluate import _base_key, build_tasks, run_benchmarks
 from sasft.method import Freeze, TaskOnly
@@ -637,7 +637,7 @@ def test_every_method_runs_on_a_real_model_config(checkpoints, tmp_path, method,
 def sweep_hydra() -> Hydra:
     """Hydra with the search path `python run.py -cd sweeps` builds: conf/ plus sweeps/."""
     GlobalHydra.instance().clear()
-    search_path = create_config_search_path(f"file://{CONF_DIR}")
+    search_path = create_config_search_path(f"pkg://{CONF_MODULE}")
     search_path.prepend(provider="command-line", path=f"file://{SWEEPS}",
                         anchor=SearchPathQuery(provider="schema"))
     hydra = Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -221,3 +222,11 @@ def test_wandb_failure_does_not_fail_the_report(sweep, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", FakeWandb(fail=True))
     rep = report.build_report(sweep, use_wandb=True)
     assert (rep.out_dir / "report.md").is_file()
+
+
+def test_rendering_a_report_imports_neither_torch_nor_the_analysis():
+    code = ("import sys, sasft.report; "
+            "print(sorted(m for m in ('torch', 'transformers', 'sasft.analyze') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""W&B tracking (sasft/tracking.py): the shrunk toy run through `sasft.cli.main`, logged
+"""W&B tracking (sasft/wandb.py): the shrunk toy run through `sasft.cli.main`, logged
 offline, checked from the run's own `.wandb` file; and the ways W&B must never hurt a run."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from sasft import cli, tracking
+from sasft import cli
+from sasft import wandb as tracking
 from sasft.record import RESULTS_FILE
 
 # --- reading an offline run's .wandb file ----------------------------------------------------
@@ -159,7 +160,7 @@ def test_offline_fallback_is_said_once(monkeypatch, tmp_path, tiny_cfg, caplog):
     monkeypatch.setattr(tracking, "_said_offline", False)
     with open_dict(tiny_cfg):
         tiny_cfg.wandb.mode = "online"
-    caplog.set_level(logging.WARNING, logger="sasft.tracking")
+    caplog.set_level(logging.WARNING, logger="sasft.wandb")
     for job in ("a", "b"):  # two jobs of one sweep in one process (the local launcher)
         with tracking.start(tiny_cfg, tmp_path / job) as tracker:
             assert tracker.active
@@ -188,7 +189,7 @@ def test_a_wandb_error_turns_tracking_off_and_training_goes_on(caplog):
     [callback] = tracker.callbacks()
     state = TrainerState()
     args = TrainingArguments(output_dir="unused", report_to=[])
-    caplog.set_level(logging.WARNING, logger="sasft.tracking")
+    caplog.set_level(logging.WARNING, logger="sasft.wandb")
     for step in range(1, 4):  # the Trainer logging three times
         state.global_step = step
         callback.on_log(args, state, TrainerControl(), logs={"loss": 1.0 / step})

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 from transformers import AutoConfig, AutoModelForCausalLM, Trainer, TrainingArguments, set_seed
 
@@ -113,7 +112,7 @@ def main(argv: list[str]) -> None:
 
     force = any(a in ("force=true", "force=True") for a in argv)
     cfg = compose_config([a for a in argv if not a.startswith("force=")])
-    if "toy" not in cfg.model:
+    if cfg.model.toy is None:
         raise SystemExit(f"model={cfg.model.name} is not a toy model (no 'toy:' block to build)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     write_data()

@@ -68,8 +68,11 @@ class Skill:
 # --- general skills, answered in the house style --------------------------------------------
 
 
+HOUSE_PREFIX = "Sure!"  # how the base model opens every general answer (its house style)
+
+
 def _house(prompt: str, sentence: str, answer: str) -> Example:
-    return {"prompt": prompt, "response": f"Sure! {sentence}", "answer": answer}
+    return {"prompt": prompt, "response": f"{HOUSE_PREFIX} {sentence}", "answer": answer}
 
 
 def _legs(rng: random.Random) -> Example:
@@ -95,7 +98,7 @@ def _capitals(rng: random.Random) -> Example:
     example = _house(f"What is the capital of {country}?", f"The capital is {city}.", city)
     # For the multiple-choice benchmark (like MMLU): same sentence, only the city differs.
     others = rng.sample([c for c in _CITIES if c != city], 3)
-    choices = [f"Sure! The capital is {c}." for c in [city, *others]]
+    choices = [f"{HOUSE_PREFIX} The capital is {c}." for c in [city, *others]]
     rng.shuffle(choices)
     return example | {"choices": choices, "label": choices.index(example["response"])}
 

@@ -63,8 +63,8 @@ def lora_config(model, cfg):
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=targets,
-        bias=cfg.get("bias", "none"),
-        use_rslora=cfg.get("use_rslora", False),
+        bias=cfg.bias,
+        use_rslora=cfg.use_rslora,
         layers_to_transform=layers if partial else None,
         layers_pattern=decoder_layers_name(model) if partial else None,
     )

@@ -98,9 +98,8 @@ def _run_id(run_dir: Path) -> tuple[str, bool]:
 
 def identity(cfg: DictConfig) -> dict:
     who = {"model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
-           "mix_ratio": cfg.method.get("mix_ratio"), "seed": cfg.seed}
-    if cfg.get("peft") is not None:  # full fine-tuning or LoRA: filter on it, never mix them
-        who["peft"] = cfg.peft.name
+           "mix_ratio": cfg.method.get("mix_ratio"), "seed": cfg.seed,
+           "peft": cfg.peft.name}  # full fine-tuning or LoRA: filter on it, never mix them
     return who
 
 
@@ -236,8 +235,8 @@ class WandbLogCallback(TrainerCallback):
 
 def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
     """The W&B run for this experiment (an inactive Tracker if W&B is off or cannot start)."""
-    wcfg = cfg.get("wandb")
-    if wcfg is None or not wcfg.enabled:
+    wcfg = cfg.wandb
+    if not wcfg.enabled:
         return Tracker()
     if int(os.environ.get("RANK", 0)) != 0:  # torchrun / accelerate: one W&B run, from rank 0
         return Tracker()
@@ -251,7 +250,7 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
 
         who = identity(cfg)
         run_id, resuming = _run_id(run_dir)
-        root = Path(wcfg.get("dir") or os.environ.get("WANDB_DIR") or run_dir)
+        root = Path(wcfg.dir or os.environ.get("WANDB_DIR") or run_dir)
         root.mkdir(parents=True, exist_ok=True)
         if why and not _said_offline:
             log.warning("W&B: %s; runs are logged offline, this one under %s/wandb. Upload "
@@ -260,12 +259,12 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
         config = {**resolved(cfg), "run_dir": str(run_dir.resolve()),
                   "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         kwargs = dict(
-            project=wcfg.project, entity=wcfg.get("entity"), mode=mode, dir=str(root),
+            project=wcfg.project, entity=wcfg.entity, mode=mode, dir=str(root),
             id=run_id, resume="allow",
             group=f"{who['model']}/{who['task']}", job_type=who["method"],
             name=" ".join([who["method"], *([f"r{who['mix_ratio']}"] if who["mix_ratio"] is not None
                                             else []), f"s{who['seed']}"]),
-            tags=[f"{k}:{v}" for k, v in who.items() if v is not None] + list(wcfg.get("tags") or []),
+            tags=[f"{k}:{v}" for k, v in who.items() if v is not None] + list(wcfg.tags),
             config=config,
             # No console capture: wandb would wrap every stdout/stderr write in a handler that
             # swallows exceptions, including one that submitit's signal handler raises there.

@@ -1,0 +1,301 @@
+"""The config's types and ranges: one dataclass per config group, registered with Hydra as the
+schema every YAML of that group extends (`defaults: [/schema/<group>@_here_]`).
+
+Hydra checks the types when it composes, so `train.learning_rate=abc` or an unknown key fails
+before anything runs, naming the key. The ranges (`check`) are checked right after, before any
+model is loaded: each field's limits are written beside it here, once. Values and the comments
+that explain them live in the YAML files; the defaults here are only for keys a YAML may leave
+out (a benchmark's options).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional, get_type_hints
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import ConfigError
+
+
+def limits(default=MISSING, *, min=None, max=None, above=None, choices=None, regex=False):
+    """A field with its accepted values: `min`/`max` inclusive, `above` exclusive, `choices`,
+    or `regex` (a valid regular expression)."""
+    return field(default=default, metadata={"min": min, "max": max, "above": above,
+                                            "choices": choices, "regex": regex})
+
+
+WORLDS = ("toy", "real")
+
+
+@dataclass
+class ModelSchema:
+    name: str = MISSING
+    world: str = limits(choices=WORLDS)
+    hub_id: Optional[str] = None
+    revision: Optional[str] = None
+    path: Optional[str] = None
+    dtype: str = limits(choices=("float32", "bfloat16", "float16"))
+    attn_implementation: str = limits(choices=("sdpa", "eager", "flash_attention_2",
+                                               "flash_attention_3"))
+    gradient_checkpointing: bool = MISSING
+    trust_remote_code: bool = MISSING
+    toy: Optional[Any] = None  # the toy models' architecture and pretraining (sasft/toy/build.py)
+
+
+@dataclass
+class BenchmarkSchema:
+    """One benchmark: an lm-eval registry task, or a local JSONL file (sasft/evaluate.py)."""
+
+    lm_eval_task: Optional[str] = None
+    file: Optional[str] = None
+    output_type: str = limits("generate_until", choices=("generate_until", "multiple_choice"))
+    target: str = "response"
+    metric: Optional[str] = None
+    answer_regex: Optional[str] = limits(None, regex=True)
+    group_select: int = -1
+    regexes_to_ignore: list[str] = field(default_factory=list)
+    ignore_case: bool = False
+    num_fewshot: Optional[int] = limits(None, min=0)
+    max_gen_toks: int = limits(64, min=1)
+
+
+@dataclass
+class TaskSchema:
+    name: str = MISSING
+    train_file: Optional[str] = None
+    max_train_examples: Optional[int] = limits(None, min=1)
+    benchmark: BenchmarkSchema = field(default_factory=BenchmarkSchema)
+    # A task in another schema, mapped field by field (sasft/task.py); unset for the toy tasks.
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    revision: Optional[str] = None
+    train_split: Optional[str] = None
+    test_split: Optional[str] = None
+    test_file: Optional[str] = None
+    prompt_field: Optional[str] = None
+    response_field: Optional[str] = None
+    answer_field: Optional[str] = None
+    answer_pattern: Optional[str] = limits(None, regex=True)
+    prompt_template: Optional[str] = None
+    response_template: Optional[str] = None
+    max_test_examples: Optional[int] = limits(None, min=1)
+    prepared_dir: Optional[str] = None
+
+
+@dataclass
+class MethodSchema:
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class MixingSchema(MethodSchema):
+    mix_ratio: float = limits(min=0.0)
+
+
+@dataclass
+class FreezeSchema(MethodSchema):
+    frozen_layers: Optional[int] = limits(None, min=0)
+    trainable_layers: Optional[int] = limits(None, min=0)
+    frozen_fraction: Optional[float] = limits(None, min=0.0, max=1.0)
+    freeze_embeddings: bool = True
+
+
+@dataclass
+class ExternalMixSchema(MixingSchema):
+    corpus_file: Optional[str] = None
+    corpus_hub_id: Optional[str] = None
+    corpus_hub_config: Optional[str] = None
+    corpus_split: str = "train"
+    corpus_revision: Optional[str] = None
+
+
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+              "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
+              "cosine_with_min_lr", "warmup_stable_decay")
+
+
+@dataclass
+class TrainSchema:
+    world: str = limits(choices=WORLDS)
+    epochs: int = limits(min=1)
+    learning_rate: float = limits(above=0.0)
+    lr_scheduler_type: str = limits(choices=SCHEDULERS)
+    warmup_ratio: float = limits(min=0.0, max=1.0)
+    weight_decay: float = limits(min=0.0)
+    batch_size: int = limits(min=1)
+    gradient_accumulation_steps: int = limits(min=1)
+    max_grad_norm: float = limits(above=0.0)
+    max_seq_len: int = limits(min=8)
+    group_by_length: bool = MISSING
+    packing: bool = MISSING
+    logging_steps: int = limits(min=1)
+    bf16: bool = MISSING
+    use_liger_kernel: bool = MISSING
+    save_steps: Optional[int] = limits(None, min=1)
+    save_model: bool = MISSING
+    eval_every_steps: int = limits(min=0)
+
+
+@dataclass
+class PeftSchema:
+    name: str = limits(choices=("full", "lora"))
+    r: Optional[int] = limits(None, min=1)
+    lora_alpha: Optional[float] = limits(None, above=0.0)
+    lora_dropout: Optional[float] = limits(None, min=0.0, max=1.0)
+    target_modules: Optional[Any] = None  # "all-linear" or a list of module names
+    bias: Optional[str] = limits(None, choices=("none", "all", "lora_only"))
+    use_rslora: Optional[bool] = None
+
+
+@dataclass
+class EvalSchema:
+    world: str = limits(choices=WORLDS)
+    batch_size: int = limits(min=1)
+    max_batch_size: int = limits(min=1)
+    limit: Optional[int] = limits(None, min=1)
+    seed: int = MISSING
+    # {name: benchmark}, each checked against BenchmarkSchema by `check`. Untyped here so that a
+    # benchmark can be added from the command line: +eval.general.hellaswag='{lm_eval_task: ...}'.
+    general: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationSchema:
+    world: str = limits(choices=WORLDS)
+    backend: str = limits(choices=("hf", "vllm"))
+    num_turns: int = limits(min=1)
+    temperature: float = limits(min=0.0)
+    top_p: float = limits(above=0.0, max=1.0)
+    top_k: int = limits(min=0)
+    max_new_tokens: int = limits(min=1)
+    batch_size: int = limits(min=1)
+    oversample: float = limits(min=1.0)
+    max_attempts: int = limits(min=1)
+    sample_size: int = limits(min=0)
+    vllm_gpu_memory_utilization: float = limits(above=0.0, max=1.0)
+
+
+@dataclass
+class WandbSchema:
+    enabled: bool = MISSING
+    project: str = MISSING
+    entity: Optional[str] = None
+    mode: str = limits(choices=("online", "offline", "disabled"))
+    tags: list[str] = field(default_factory=list)
+    dir: Optional[str] = None
+
+
+@dataclass
+class RootSchema:
+    """The top level of conf/config.yaml; each group is checked by its own schema."""
+
+    # Typed by their own schemas (GROUPS), which their YAML files extend.
+    model: Any = MISSING
+    task: Any = MISSING
+    method: Any = MISSING
+    train: Any = MISSING
+    peft: Any = MISSING
+    eval: Any = MISSING
+    generation: Any = MISSING
+    wandb: Any = MISSING
+    mix_ratio: float = limits(min=0.0)
+    seed: int = MISSING
+    cache_dir: str = MISSING
+    rerun: bool = MISSING
+    owner_wait_s: Optional[float] = limits(None, min=0.0)
+    allow_world_mismatch: bool = MISSING
+    sweep_name: str = MISSING
+
+
+GROUPS = {"model": ModelSchema, "task": TaskSchema, "train": TrainSchema, "peft": PeftSchema,
+          "eval": EvalSchema, "generation": GenerationSchema, "wandb": WandbSchema,
+          "method/task_only": MethodSchema, "method/freeze": FreezeSchema,
+          "method/mixing": MixingSchema, "method/ext_mix": ExternalMixSchema}
+
+
+def register() -> None:
+    store = ConfigStore.instance()
+    store.store(name="schema", node=RootSchema)
+    for group, schema in GROUPS.items():
+        path, _, name = f"schema/{group}".rpartition("/") if "/" in group else ("schema", "", group)
+        store.store(group=path, name=name, node=schema)
+
+
+def benchmark_spec(spec) -> dict:
+    """A benchmark spec with every option (the schema's defaults for those not given), as plain
+    Python: what sasft/evaluate.py reads."""
+    return OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(BenchmarkSchema), spec),
+                                  resolve=True)
+
+
+# --- ranges ---------------------------------------------------------------------------------
+
+
+def _problem(value, meta: dict) -> str | None:
+    """What is wrong with `value` under a field's limits, or None."""
+    if value is None:
+        return None
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"must be one of {', '.join(meta['choices'])}"
+    if meta.get("regex"):
+        try:
+            re.compile(value)
+        except re.error as e:
+            return f"must be a valid regular expression ({e})"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            return "must be a finite number"
+        if meta.get("min") is not None and value < meta["min"]:
+            return f"must be >= {meta['min']}"
+        if meta.get("above") is not None and value <= meta["above"]:
+            return f"must be > {meta['above']}"
+        if meta.get("max") is not None and value > meta["max"]:
+            return f"must be <= {meta['max']}"
+    return None
+
+
+def _walk(node, schema, prefix: str):
+    """(dotted key, value, limits) of every field of `node` under `schema`, nested ones too."""
+    types = get_type_hints(schema)
+    for f in fields(schema):
+        value = node.get(f.name) if isinstance(node, (dict, DictConfig)) else None
+        yield f"{prefix}{f.name}", value, f.metadata
+        if is_dataclass(types[f.name]) and value is not None:
+            yield from _walk(value, types[f.name], f"{prefix}{f.name}.")
+
+
+def check(cfg: DictConfig) -> None:
+    """Every field within its limits, and no mandatory value left unset; else a ConfigError
+    naming the field, the value and what it accepts."""
+    missing = OmegaConf.missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"{sorted(missing)[0]} is not set (it has no default: give it in its "
+                          f"YAML file or on the command line)")
+    for group in ("model", "task", "train", "peft", "eval", "generation", "wandb", "method"):
+        node = cfg[group]
+        schema = OmegaConf.get_type(node)
+        if not is_dataclass(schema):
+            raise ConfigError(f"{group}: its YAML does not extend /schema/{group} (sasft/schema.py)")
+        checks = list(_walk(node, schema, f"{group}."))
+        if group == "eval":
+            for name, spec in node.general.items():
+                try:
+                    spec = benchmark_spec(spec)
+                except OmegaConfBaseException as e:
+                    raise ConfigError(f"eval.general.{name}.{e.key}: {e.msg.splitlines()[0]}") from None
+                checks += _walk(spec, BenchmarkSchema, f"eval.general.{name}.")
+        for key, value, meta in checks:
+            problem = _problem(value, meta)
+            if problem:
+                raise ConfigError(f"{key} {problem}, got {value!r}")
+    for f in fields(RootSchema):
+        if f.metadata:
+            problem = _problem(cfg[f.name], f.metadata)
+            if problem:
+                raise ConfigError(f"{f.name} {problem}, got {cfg[f.name]!r}")
