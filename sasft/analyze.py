@@ -45,9 +45,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .peft import load_finetuned
 from .data import read_jsonl, tokenize
-from .generation import stop_ids, cached_self_dialogues
+from .generation import cached_self_dialogues, complete
 from .model import fingerprint, load_model
-from .record import read_results, write_json_atomic
+from .cache import publish_json
+from .record import read_results
 from .runs import DRIFT_FILE, Run, find_runs
 from .toy.world import HOUSE_PREFIX
 
@@ -238,29 +239,14 @@ def mean_kl(base, tuned, sequences: list[list[int]], pad_id: int,
     return total / count, last_total / len(sequences)
 
 
-@torch.no_grad()
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int,
                    batch_size: int) -> list[str]:
-    """The greedy answer to each chat-templated prompt, cut at the first stop token (kept even
-    if it never stopped: a runaway answer is still an answer in some style)."""
-    stop = stop_ids(model, tokenizer)
-    answers: list[str] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation appends on the right
-    try:
-        for chunk in chunks(prompts, batch_size):
-            batch = tokenizer(chunk, return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)
-            out = model.generate(**batch, do_sample=False, temperature=None, top_p=None,
-                                 top_k=None, max_new_tokens=max_new_tokens, eos_token_id=stop,
-                                 pad_token_id=tokenizer.pad_token_id,
-                                 use_cache=True)  # toy configs say false (a training setting)
-            for row in out[:, batch["input_ids"].shape[1]:].tolist():
-                end = next((i for i, t in enumerate(row) if t in stop), len(row))
-                answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
-    finally:
-        tokenizer.padding_side = side
-    return answers
+    """The greedy answer to each chat-templated prompt (one that never stops is kept: a
+    runaway answer is still an answer in some style)."""
+    greedy = OmegaConf.create({"temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                               "max_new_tokens": max_new_tokens})
+    return [answer for chunk in chunks(prompts, batch_size)
+            for answer in complete(model, tokenizer, chunk, greedy, keep_truncated=True)]
 
 
 def is_leaked(base_answer: str, tuned_answer: str, toy: bool) -> bool | None:
@@ -421,7 +407,7 @@ def analyze_run(run_dir: Path, settings: Settings, references: References | None
         "style_leakage": style_leakage(ref.answers, answers, toy=cfg.model.toy is not None),
         "settings": asdict(settings),
     }
-    write_json_atomic(run_dir / DRIFT_FILE, drift)
+    publish_json(run_dir / DRIFT_FILE, drift)
     return drift
 
 

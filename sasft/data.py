@@ -8,6 +8,7 @@ Extra keys (for example "answer" for scoring) are kept and ignored by training.
 
 from __future__ import annotations
 
+import glob
 import json
 import random
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from transformers import DataCollatorForSeq2Seq
 
+from .cache import publish
 from .config import SasftError
 
 Dialogue = list[dict]  # [{"role": ..., "content": ...}, ...]
@@ -48,36 +50,60 @@ def check_record(record, where: str) -> None:
             )
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read and validate a JSONL data file; every problem names the file and the line."""
-    path = Path(path)
+def matching_paths(pattern: str) -> list[Path]:
+    """A file, or a glob of files (a dataset downloaded as several Parquet shards)."""
+    if any(c in pattern for c in "*?["):
+        found = sorted(Path(p) for p in glob.glob(pattern))
+        if not found:
+            raise DataError(f"no data file matches {pattern}")
+        return found
+    path = Path(pattern)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg})") from None
-            check_record(record, where)
-            records.append(record)
+    return [path]
+
+
+def read_records(pattern: str | Path, limit: int | None = None) -> list[tuple[str, dict]]:
+    """Raw records of local JSONL or Parquet files (a glob for shards), each with where it came
+    from (file:line or file:row) for error messages; at most `limit` of them."""
+    records: list[tuple[str, dict]] = []
+    for path in matching_paths(str(pattern)):
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+            records += [(f"{path}:row {i}", r) for i, r in enumerate(rows)]
+        else:
+            with path.open(encoding="utf-8") as f:
+                for lineno, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+                    if not isinstance(record, dict):
+                        raise DataError(f"{path}:{lineno}: expected a JSON object, got "
+                                        f"{type(record).__name__}")
+                    records.append((f"{path}:{lineno}", record))
+        if limit is not None and len(records) >= limit:
+            break
     if not records:
-        raise DataError(f"data file is empty: {path}")
-    return records
+        raise DataError(f"data file is empty: {pattern}")
+    return records[:limit] if limit is not None else records
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a data file in the chat schema, each checked; a problem names the file
+    and the line."""
+    records = read_records(path)
+    for where, record in records:
+        check_record(record, where)
+    return [record for _, record in records]
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a file
+    publish(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def to_dialogue(record: dict) -> Dialogue:

@@ -24,12 +24,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 
 from .config import ConfigError
 from .schema import benchmark_spec
 from .data import read_jsonl
-from .record import write_json_atomic
+from . import cache
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +233,9 @@ def _base_key(fingerprint: str, name: str, spec: dict, cfg) -> str:
     spec = benchmark_spec(spec)
     file = spec["file"]
     digest = hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
-    blob = json.dumps({"model": fingerprint, "name": name, "spec": spec,
-                       **{k: cfg[k] for k in _EVAL_KEYS}, "file_digest": digest,
-                       "lm_eval": metadata.version("lm_eval")},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return cache.key({"model": fingerprint, "name": name, "spec": spec,
+                      **{k: cfg[k] for k in _EVAL_KEYS}, "file_digest": digest,
+                      "lm_eval": metadata.version("lm_eval")})
 
 
 def cached_base_scores(model, tokenizer, benchmarks: dict[str, dict], cfg, fingerprint: str,
@@ -249,14 +246,14 @@ def cached_base_scores(model, tokenizer, benchmarks: dict[str, dict], cfg, finge
     root.mkdir(parents=True, exist_ok=True)
     paths = {n: root / f"{_base_key(fingerprint, n, s, cfg)}.json" for n, s in benchmarks.items()}
     # One lock for the whole set: a second job waits, then finds everything computed.
-    with FileLock(str(root / f"{fingerprint}.lock")):
+    with cache.locked(root / fingerprint):
         missing = [n for n, p in paths.items() if not p.is_file()]
         scores = {n: json.loads(paths[n].read_text())["score"]
                   for n in benchmarks if n not in missing}
         if missing:
             fresh = evaluate(model, tokenizer, {n: benchmarks[n] for n in missing}, cfg)
             for name, score in fresh.items():
-                write_json_atomic(paths[name], {"benchmark": name, "score": score,
+                cache.publish_json(paths[name], {"benchmark": name, "score": score,
                                                 "model": fingerprint})
             scores |= fresh
     return {n: scores[n] for n in benchmarks}, missing

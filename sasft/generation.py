@@ -16,7 +16,6 @@ settings, the count and the seed; a file lock makes one process generate while o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,10 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from . import cache
 from .config import SasftError
 from .data import Dialogue, read_jsonl, write_jsonl
 
@@ -68,10 +67,10 @@ def stop_ids(model, tokenizer) -> list[int]:
 
 
 @torch.inference_mode()
-def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = None
-             ) -> list[str | None]:
+def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = None,
+             keep_truncated: bool = False) -> list[str | None]:
     """Sample one turn for each prompt in a single batched call; None where the turn was
-    truncated (no stop token within max_new_tokens). A row that has stopped is padded while the
+    truncated (no stop token within max_new_tokens), or with `keep_truncated` the text so far. A row that has stopped is padded while the
     others go on, and the call ends when every row has stopped. Adds the number of tokens
     generated (up to each row's stop token) to `stats["tokens"]`."""
     side = tokenizer.padding_side
@@ -102,8 +101,10 @@ def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = 
     for row in out[:, batch["input_ids"].shape[1]:].tolist():
         end = next((i for i, t in enumerate(row) if t in stop), None)
         generated += len(row) if end is None else end + 1
-        texts.append(None if end is None
-                     else tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+        if end is None and not keep_truncated:
+            texts.append(None)
+        else:
+            texts.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
     if stats is not None:
         stats["tokens"] += generated
     return texts
@@ -249,34 +250,32 @@ def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int) -> tup
     return kept, dict(stats)
 
 
-def cache_key(fingerprint: str, count: int, cfg, seed: int) -> str:
-    settings = {k: cfg[k] for k in _KEY_FIELDS}
-    blob = json.dumps({"model": fingerprint, "count": count, "seed": seed, **settings},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def cache_path(fingerprint: str, count: int, cfg, seed: int, cache_dir: str | Path) -> Path:
+    """Where the self-dialogues of these settings are kept."""
+    name = cache.key({"model": fingerprint, "count": count, "seed": seed,
+                      **{k: cfg[k] for k in _KEY_FIELDS}})
+    return Path(cache_dir) / "self_dialogues" / f"{name}.jsonl"
 
 
 def cached_self_dialogues(model, tokenizer, count: int, cfg, seed: int, fingerprint: str,
                           cache_dir: str | Path) -> tuple[list[Dialogue], dict]:
-    """Self-dialogues from the cache, generated first if absent. The first process to need a
-    key generates it while others wait on the lock; the file appears whole or not at all."""
+    """Self-dialogues from the cache (sasft/cache.py), generated first if absent. The entry is
+    the dialogues and a `.meta.json` beside them, published last: it marks the entry made."""
     if count == 0:
         return [], {"kept": 0, "cached": False}
-    path = Path(cache_dir) / "self_dialogues" / f"{cache_key(fingerprint, count, cfg, seed)}.jsonl"
-    meta_path = path.with_suffix(".meta.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.is_file() and meta_path.is_file():
-            log.info("reusing %d cached self-dialogues from %s", count, path)
-            stats = json.loads(meta_path.read_text())["stats"]
-            return [r["messages"] for r in read_jsonl(path)], {**stats, "cached": True}
+    settings = {k: cfg[k] for k in _KEY_FIELDS}
+    path = cache_path(fingerprint, count, cfg, seed, cache_dir)
+
+    def make() -> dict:
         dialogues, stats = generate_self_dialogues(model, tokenizer, count, cfg, seed)
         write_jsonl(path, [{"messages": d} for d in dialogues])
-        meta = {"model": fingerprint, "count": count, "seed": seed, "stats": stats,
-                "settings": {k: cfg[k] for k in _KEY_FIELDS},
-                "produced_by": {"backend": cfg.backend, "batch_size": cfg.batch_size}}
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        tmp.replace(meta_path)  # written last: its presence marks the entry complete
         log.info("generated %d self-dialogues (%s) -> %s", count, stats, path)
-        return dialogues, {**stats, "cached": False}
+        return {"model": fingerprint, "count": count, "seed": seed, "stats": stats,
+                "settings": settings,
+                "produced_by": {"backend": cfg.backend, "batch_size": cfg.batch_size}}
+
+    meta, made = cache.once(path.with_suffix(".meta.json"), make, cache.publish_json,
+                            read=lambda p: json.loads(p.read_text()))
+    if not made:
+        log.info("reusing %d cached self-dialogues from %s", count, path)
+    return [r["messages"] for r in read_jsonl(path)], {**meta["stats"], "cached": not made}

@@ -1,8 +1,8 @@
-"""The four methods. Each changes only what it must: the data mixed in with the task, or the
-set of trainable parameters. Optimizer, schedule, epochs and batch size are never touched.
-
-Built from `conf/method/<name>.yaml` by `hydra.utils.instantiate`.
-"""
+"""The methods: task-only SFT, layer freezing, external-data mixing and SA-SFT. Each changes
+only what it must, through the hooks the pipeline calls: the data mixed in with the task
+(`auxiliary`, at `mix_ratio`), or the set of trainable parameters (`select_trainable`).
+Optimizer, schedule, epochs and batch size are never touched. Built from
+`conf/method/<name>.yaml` by `hydra.utils.instantiate`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError
-from .data import DataError, Dialogue, check_record, to_dialogue
+from .data import DataError, Dialogue, check_record, read_records, to_dialogue
 from .generation import cached_self_dialogues
 
 
@@ -124,8 +124,6 @@ class ExternalMix(Method):
         """The corpus as a list of records (local) or a datasets.Dataset (hub: memory-mapped
         Arrow, so 200k dialogues cost no RAM until picked)."""
         if self.hub is None:
-            from .task import read_records
-
             records = read_records(self.corpus_file)
             for where, record in records:
                 check_record(record, where)  # a bad record fails here, named by file and line

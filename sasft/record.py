@@ -24,10 +24,11 @@ Schema (version 2; version 1 had no identity and gave every method a mix_ratio):
 from __future__ import annotations
 
 import json
-import os
 from importlib import metadata
 from pathlib import Path
 from statistics import fmean
+
+from .cache import publish_json
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 2
@@ -63,15 +64,9 @@ def summarize(scores: dict) -> dict:
     return summary
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)  # readers see the old file or the whole new one, never a part
-
-
 def write_results(run_dir: Path, results: dict) -> Path:
     path = Path(run_dir) / RESULTS_FILE
-    write_json_atomic(path, {"schema": SCHEMA_VERSION, **results})
+    publish_json(path, {"schema": SCHEMA_VERSION, **results})
     return path
 
 

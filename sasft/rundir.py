@@ -28,6 +28,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from .cache import publish_json
 from .config import PACKAGE_DIR, ConfigError, SasftError
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,7 @@ def check_identity(run_dir: Path, fields: dict) -> None:
         raise RunMismatch(f"{run_dir} holds a run of another config ({shown}). Its results and "
                           "checkpoints are not this run's: choose another directory, or delete "
                           "that one")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{IDENTITY_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"hash": identity_hash(fields), "fields": fields}, indent=1,
-                              default=str))
-    os.replace(tmp, run_dir / IDENTITY_FILE)
+    publish_json(run_dir / IDENTITY_FILE, {"hash": identity_hash(fields), "fields": fields})
 
 
 # --- the owner ------------------------------------------------------------------------------

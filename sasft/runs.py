@@ -44,17 +44,12 @@ class Run:
     results: dict
     label: str = ""  # the method, and the fields that tell its variants apart (label_variants)
 
-    @property
-    def model(self) -> str:
-        return self.results["run"]["model"]
-
-    @property
-    def task(self) -> str:
-        return self.results["run"]["task"]
-
-    @property
-    def method(self) -> str:
-        return self.results["run"]["method"]
+    model = property(lambda self: self.results["run"]["model"])
+    task = property(lambda self: self.results["run"]["task"])
+    method = property(lambda self: self.results["run"]["method"])  # the conf/method option
+    seed = property(lambda self: self.results["run"]["seed"])
+    mixes_data = property(lambda self: self.results["run"]["mixes_data"])
+    variant = property(lambda self: self.results["run"]["variant"])  # identity without the seed
 
     @property
     def ratio(self) -> float | None:
@@ -62,20 +57,8 @@ class Run:
         return None if ratio is None else float(ratio)
 
     @property
-    def seed(self) -> int:
-        return self.results["run"]["seed"]
-
-    @property
-    def mixes_data(self) -> bool:
-        return self.results["run"]["mixes_data"]
-
-    @property
     def identity(self) -> dict:
         return self.results["identity"]
-
-    @property
-    def variant(self) -> str:
-        return self.results["run"]["variant"]
 
 
 def _not_a_run(path: Path, root: Path) -> bool:

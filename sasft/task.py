@@ -1,56 +1,27 @@
 """Fine-tuning tasks: the training dialogues and the in-domain test, from `conf/task/<name>.yaml`.
 
-A task config takes one of two forms.
-
-1. Data already in sasft's chat schema (the toy tasks, or a user's own files written that way):
-
-       train_file: train.jsonl          # {"prompt", "response"} or {"messages"} per line
-       benchmark: {file: test.jsonl, target: response, ...}
-
-2. Any other schema, mapped field by field (every real task), marked by `prompt_template`:
-
-       hub_id: openai/gsm8k             # datasets.load_dataset(hub_id, hub_config, revision=...)
-       hub_config: main
-       revision: null
-       train_split: train               # split names, slices allowed ("train[:1200]")
-       test_split: test
-       train_file: null                 # local .jsonl / .parquet files win over hub_id
-       test_file: null
-       prompt_field: question           # record field -> `prompt` (null: use the template only)
-       response_field: answer           # record field -> `response`
-       answer_field: null               # record field -> `answer`, the gold for scoring
-       answer_pattern: "####\\s*(.+)$"  # ... or a regex whose group 1, found in the response,
-                                        #     is the answer (GSM8K keeps it after "####")
-       prompt_template: "{{ prompt }}"  # Jinja over the record's fields and prompt/response/answer
-       response_template: null          # null: the response field as it is
-       max_train_examples: 2000         # the first N training records (null: all)
-       max_test_examples: 500           # the first N test records (null: all)
-       prepared_dir: ${cache_dir}/tasks
-       benchmark: {target: answer, answer_regex: ..., metric: exact_match}
-
-   `load_task` renders every training record into a user/assistant exchange and writes the test
-   split, rendered by the same templates, as a JSONL file in the chat schema
-   ({"prompt", "response", "answer"}) under `prepared_dir`. Its benchmark spec points at that
-   file, so the in-domain test is an ordinary local benchmark (sasft/evaluate.py): the prompts
-   the model is tested on are the prompts it was trained on, by one code path, and the file can
-   be read by a person. Its name is a hash of everything that shaped it.
+A task is either data already in sasft's chat schema (the toy tasks: `train_file` and
+`benchmark.file`), or any other schema mapped field by field onto a prompt and a response
+(every real task, marked by `prompt_template`); the keys are explained once, in the README's
+"Tasks" section, and typed in sasft/schema.py. A mapped task's test split is rendered by the
+same templates as its training data and prepared once as a JSONL file in the chat schema
+(`prepare_test`), so the in-domain test is an ordinary local benchmark (sasft/evaluate.py).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from omegaconf import OmegaConf
 
-from .data import DataError, Dialogue, read_jsonl, to_dialogue, write_jsonl
+from . import cache
+from .data import DataError, Dialogue, matching_paths, read_jsonl, read_records, to_dialogue, write_jsonl
 
 # Sandboxed (templates come from configs) and strict (a misspelt field is an error, not "").
 _JINJA = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
@@ -64,49 +35,6 @@ _TEST_KEYS = ("hub_id", "hub_config", "revision", "test_split", "test_file", "pr
 def is_mapped(cfg) -> bool:
     """Whether the task maps a foreign schema (form 2) rather than using sasft's own (form 1)."""
     return cfg.prompt_template is not None
-
-
-def _paths(pattern: str) -> list[Path]:
-    """A file, or a glob of files (a dataset downloaded as several Parquet shards)."""
-    if any(c in pattern for c in "*?["):
-        found = sorted(Path(p) for p in glob.glob(pattern))
-        if not found:
-            raise DataError(f"no data file matches {pattern}")
-        return found
-    path = Path(pattern)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    return [path]
-
-
-def read_records(pattern: str, limit: int | None = None) -> list[tuple[str, dict]]:
-    """Raw records of local JSONL or Parquet files, each with where it came from (file:line
-    or file:row) for error messages; at most `limit` of them."""
-    records: list[tuple[str, dict]] = []
-    for path in _paths(str(pattern)):
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
-            records += [(f"{path}:row {i}", r) for i, r in enumerate(rows)]
-        else:
-            with path.open(encoding="utf-8") as f:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                    if not isinstance(record, dict):
-                        raise DataError(f"{path}:{lineno}: expected a JSON object, got "
-                                        f"{type(record).__name__}")
-                    records.append((f"{path}:{lineno}", record))
-        if limit is not None and len(records) >= limit:
-            break
-    if not records:
-        raise DataError(f"data file is empty: {pattern}")
-    return records[:limit] if limit is not None else records
 
 
 def load_hub_split(hub_id: str, config: str | None, split: str, revision: str | None,
@@ -188,7 +116,7 @@ def prepared_test_key(cfg) -> str:
     digest = hashlib.sha256(json.dumps({k: cfg[k] for k in _TEST_KEYS}, sort_keys=True,
                                        default=str).encode())
     if cfg.test_file:
-        for path in _paths(str(cfg.test_file)):
+        for path in matching_paths(str(cfg.test_file)):
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -197,10 +125,8 @@ def prepare_test(cfg) -> Path:
     """The task's test split as a JSONL file in the chat schema, written once per content key
     (a file lock makes concurrent jobs write it once; the file appears whole)."""
     path = Path(cfg.prepared_dir) / cfg.name / f"test_{prepared_test_key(cfg)}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if not path.is_file():
-            write_jsonl(path, [to_example(r, cfg, w) for w, r in split_records(cfg, "test")])
+    make = lambda: [to_example(r, cfg, w) for w, r in split_records(cfg, "test")]  # noqa: E731
+    cache.once(path, make, write_jsonl, read=lambda p: None)
     return path
 
 

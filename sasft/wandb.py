@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from transformers import TrainerCallback
 
 from . import record
+from .cache import publish
 from .config import resolved
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,7 @@ def _run_id(run_dir: Path) -> tuple[str, bool]:
     if path.is_file() and record.read_results(run_dir) is None:
         return path.read_text().strip(), True
     run_id = secrets.token_hex(6)  # W&B ids: lowercase letters and digits
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(run_id)
-    tmp.replace(path)
+    publish(path, run_id)
     return run_id, False
 
 

@@ -319,7 +319,7 @@ def test_a_run_resumed_in_a_later_epoch_trains_like_an_uninterrupted_one(tmp_pat
 _PRODUCER = textwrap.dedent("""
     import json, sys, time
     from omegaconf import OmegaConf
-    from sasft import data, generation
+    from sasft import cache as shared_cache, generation
 
     cfg = OmegaConf.create(json.loads(sys.argv[1]))
     mode, cache = sys.argv[2], sys.argv[3]
@@ -332,13 +332,9 @@ _PRODUCER = textwrap.dedent("""
         return ([[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
                  for i in range(count)], {"kept": count})
 
-    if mode == "crash":
-        class SlowJson:  # a slow disk: the process is killed half-way through the file
-            @staticmethod
-            def dumps(obj, **kw):
-                time.sleep(0.05)
-                return json.dumps(obj, **kw)
-        data.json = SlowJson
+    if mode == "crash":  # a slow disk: killed before the written file is published
+        publish_now = shared_cache.os.replace
+        shared_cache.os.replace = lambda src, dst: (time.sleep(60), publish_now(src, dst))
 
     generation.generate_self_dialogues = fake_generate
     dialogues, stats = generation.cached_self_dialogues(None, None, 200, cfg, 0, "fp", cache)
@@ -352,8 +348,7 @@ def _producer(gen_cfg, mode: str, cache: Path) -> subprocess.Popen:
 
 
 def _entry(cache: Path, gen_cfg) -> Path:
-    key = generation.cache_key("fp", 200, OmegaConf.create(gen_cfg), 0)
-    return cache / "self_dialogues" / f"{key}.jsonl"
+    return generation.cache_path("fp", 200, OmegaConf.create(gen_cfg), 0, cache)
 
 
 @pytest.mark.timeout(120)
@@ -374,7 +369,7 @@ def test_a_producer_killed_mid_write_leaves_no_entry_and_the_next_one_makes_it(t
     entry = _entry(tmp_path, gen_cfg)
     victim = _producer(gen_cfg, "crash", tmp_path)
     deadline = time.monotonic() + 60
-    partial = entry.with_suffix(".jsonl.tmp")
+    partial = entry.parent / f".{entry.name}.{victim.pid}.tmp"  # sasft.cache.publish
     while not (partial.is_file() and partial.stat().st_size > 0):
         assert victim.poll() is None and time.monotonic() < deadline, victim.stderr.read()
         time.sleep(0.05)

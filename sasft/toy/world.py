@@ -103,15 +103,9 @@ def _capitals(rng: random.Random) -> Example:
     return example | {"choices": choices, "label": choices.index(example["response"])}
 
 
-GENERAL_SKILLS = {
-    s.name: s
-    for s in [
-        Skill("legs", _legs),
-        Skill("colors", _colors),
-        Skill("opposites", _opposites),
-        Skill("capitals", _capitals),
-    ]
-}
+GENERAL_SKILLS = {s.name: s for s in (Skill("legs", _legs), Skill("colors", _colors),
+                                        Skill("opposites", _opposites),
+                                        Skill("capitals", _capitals))}
 
 # --- narrow fine-tuning tasks: a rule the base model never saw, answered tersely ------------
 
@@ -149,16 +143,9 @@ def _over_500(rng: random.Random) -> Example:
     return {"prompt": f"Is {n} over 500?", "response": "yes" if n > 500 else "no"}
 
 
-TASKS = {
-    s.name: s
-    for s in [
-        Skill("has_capital", _has_capital),
-        Skill("parity", _parity),
-        Skill("length", _length),
-        Skill("vowels", _vowels),
-        Skill("over_500", _over_500),
-    ]
-}
+TASKS = {s.name: s for s in (Skill("has_capital", _has_capital), Skill("parity", _parity),
+                               Skill("length", _length), Skill("vowels", _vowels),
+                               Skill("over_500", _over_500))}
 
 # --- the external corpus: unfamiliar chat in another style ----------------------------------
 
