@@ -221,10 +221,16 @@ def test_a_learning_rate_sweep_is_two_runs_and_two_variants(tmp_path):
 # --- several processes --------------------------------------------------------------------------
 
 
+LAUNCHERS = {"torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"],
+             "accelerate": [sys.executable, "-m", "accelerate.commands.launch",
+                            "--num_processes", "2", "--cpu"]}
+
+
 @pytest.mark.slow
-def test_two_processes_under_torchrun_make_one_run(tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           str(REPO / "run.py"), f"cache_dir={tmp_path / 'cache'}", *SMALL]
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_make_one_run(tmp_path, launcher):
+    """Two CPU processes (gloo) stand in for two GPUs."""
+    cmd = [*LAUNCHERS[launcher], str(REPO / "run.py"), f"cache_dir={tmp_path / 'cache'}", *SMALL]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     out = proc.stdout + proc.stderr
