@@ -1,19 +1,11 @@
-"""Weights & Biases tracking: one W&B run per experiment, as a side channel of the run.
+"""Weights & Biases: one W&B run per experiment, as a side channel of the run.
 
-What a run holds (`conf/wandb/default.yaml` configures it):
-  - config: the resolved Hydra config, plus the run directory and the SLURM job id;
-  - group: the scenario (`<model>/<task>`) and job type: the method, so that methods sit side
-    by side; tags: model, task, method, mix ratio, seed, peft (and `wandb.tags`);
-  - history: the Trainer's logs (`train/loss`, `train/learning_rate`, ...) and the in-domain
-    score during training (`eval/in_domain`), all against `train/global_step`;
-  - summary: base, final and delta per benchmark (`<benchmark>/base`, ...), the means
-    (`in_domain_final`, `general_delta`, ...), the mix sizes and timings;
-  - a table `auxiliary_sample` of the dialogues the run mixed in (its self-dialogues for sasft).
-
-A restarted run (a requeued SLURM job, a relaunched sweep) continues the same W&B run: its id
-is kept in the run directory until results.json exists. With no API key or no network, `online`
-becomes `offline` (said once per process); `wandb sync` uploads such runs later. Any W&B error
-is logged once and turns tracking off for the rest of the run: it never fails or stops training.
+What is the experiment's is done here: the run's group (the scenario, `<model>/<task>`) and job
+type (the method), its tags, its id kept in the run directory so that a requeued job continues
+it, the results in the summary, the mixed-in dialogues as a Table, and saying once that runs are
+logged offline. The Trainer's curves (`train/loss`, `eval/in_domain` against
+`train/global_step`) are transformers' WandbCallback's; logging in, offline mode and syncing are
+wandb's. A W&B error is logged once and turns tracking off: it never fails or stops training.
 wandb is imported only when tracking is on.
 """
 
@@ -21,15 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import netrc
 import os
 import secrets
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 from transformers import TrainerCallback
+from transformers.integrations import WandbCallback
 
 from . import record
 from .cache import publish
@@ -38,49 +28,10 @@ from .config import resolved
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "wandb_run_id"
-# The Trainer's end-of-training totals are one number each: summary, not a curve.
-_TOTALS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss",
-           "total_flos")
-_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
-          "disabled": "disabled"}
-_said_offline = False  # the offline fallback is announced once per process, not once per job
-
-
-def _api_host() -> str:
-    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
-
-
-def _has_api_key(host: str) -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:  # where `wandb login` stores the key
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
-
-
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    # A short probe instead of letting wandb.init wait up to its own 90 s init timeout.
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def choose_mode(requested: str) -> tuple[str, str | None]:
-    """The mode to run in, and why it is not the requested one (None if it is)."""
-    mode = _MODES.get(str(requested).lower())
-    if mode is None:
-        raise ValueError(f"wandb.mode must be online, offline or disabled, got {requested!r}")
-    if mode != "online":
-        return mode, None
-    host = _api_host()
-    if not _has_api_key(host):
-        return "offline", "no API key (run `wandb login` or set WANDB_API_KEY)"
-    if not _reachable(host):
-        return "offline", f"{host} is unreachable"
-    return "online", None
+# How long wandb may try to reach its server before the run is logged offline instead. On nodes
+# without internet, set WANDB_MODE=offline (wandb's own switch) to skip the wait.
+INIT_TIMEOUT_S = 30
+_said_offline = False  # the offline notice is given once per process, not once per job
 
 
 def _run_id(run_dir: Path) -> tuple[str, bool]:
@@ -136,7 +87,7 @@ class Tracker:
                 self._failed("summary update", e)
 
     def callbacks(self) -> list[TrainerCallback]:
-        return [WandbLogCallback(self)] if self.active else []
+        return [TrainerLogs(self)] if self.active else []
 
     def log_results(self, results: dict, run_dir: Path) -> None:
         """Scores, deltas, mix sizes and timings into the summary; the sample dialogues as a table."""
@@ -200,35 +151,35 @@ def dialogue_table(rows: list[dict], source: str):
     return table
 
 
-class WandbLogCallback(TrainerCallback):
-    """The Trainer's logs into the tracker: `loss` -> `train/loss`, `eval_in_domain` ->
-    `eval/in_domain`, each with `train/global_step` as its x axis."""
+class TrainerLogs(WandbCallback):
+    """transformers' W&B callback, writing into the tracker's run; an error in it turns tracking
+    off instead of failing the run."""
 
     def __init__(self, tracker: Tracker):
+        super().__init__()
         self.tracker = tracker
 
+    def _guarded(self, hook, *args, **kwargs) -> None:
+        if self.tracker.active:
+            try:
+                hook(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                self.tracker._failed(f"the Trainer's {hook.__name__}", e)
+
     def on_train_begin(self, args, state, control, **kwargs):
+        self._guarded(super().on_train_begin, args, state, control, **kwargs)
         if state.is_world_process_zero and state.global_step > 0:
             # Resumed from a checkpoint: say where, so the curve's restart is explained.
             self.tracker.summarize({"train/resumed_from_step": state.global_step})
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        metrics, totals = {}, {}
-        for key, value in (logs or {}).items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            if key in _TOTALS:
-                totals[f"train/{key}"] = value
-            elif key.startswith("eval_"):
-                metrics[f"eval/{key.removeprefix('eval_')}"] = value
-            else:
-                metrics[f"train/{key}"] = value
-        if metrics:
-            self.tracker.log({**metrics, "train/global_step": state.global_step})
-        if totals:
-            self.tracker.summarize(totals)
+    def on_log(self, args, state, control, **kwargs):
+        self._guarded(super().on_log, args, state, control, **kwargs)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._guarded(super().on_save, args, state, control, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._guarded(super().on_train_end, args, state, control, **kwargs)
 
 
 def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
@@ -241,11 +192,15 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
     global _said_offline
     run_dir = Path(run_dir)
     try:
-        mode, why = choose_mode(wcfg.mode)
-        if mode == "disabled":
-            return Tracker()
         import wandb
 
+        mode = wcfg.mode
+        if mode == "disabled":
+            return Tracker()
+        # wandb's own credentials (WANDB_API_KEY, `wandb login`): without them, offline.
+        why = None
+        if mode == "online" and not wandb.login(prompt=False, verify=False):
+            mode, why = "offline", "no API key (run `wandb login` or set WANDB_API_KEY)"
         who = identity(cfg)
         run_id, resuming = _run_id(run_dir)
         root = Path(wcfg.dir or os.environ.get("WANDB_DIR") or run_dir)
@@ -267,7 +222,7 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
             # No console capture: wandb would wrap every stdout/stderr write in a handler that
             # swallows exceptions, including one that submitit's signal handler raises there.
             # The job's own log (SLURM's, the terminal) keeps the console output.
-            settings=wandb.Settings(init_timeout=60, console="off"),
+            settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, console="off"),
         )
         try:
             run = wandb.init(**kwargs)

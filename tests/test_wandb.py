@@ -123,7 +123,7 @@ def test_a_run_logs_config_curves_scores_and_dialogues_offline(make_cfg, tmp_pat
         assert summary[f"{name}/delta"] == pytest.approx(s["delta"])
     for key in ("in_domain_final", "in_domain_delta", "general_final", "general_delta"):
         assert summary[key] == pytest.approx(results["summary"][key])
-    assert summary["mix/auxiliary"] == 12 and "train/train_loss" in summary
+    assert summary["mix/auxiliary"] == 12 and "train_loss" in summary  # transformers' callback
     assert summary["auxiliary_sample/_type"] == "table-file"
     table_file = next(logged["dir"].glob("files/media/table/auxiliary_sample*.table.json"))
     table = json.loads(table_file.read_text())
@@ -136,25 +136,35 @@ def test_a_run_logs_config_curves_scores_and_dialogues_offline(make_cfg, tmp_pat
 # --- W&B never hurts the run ------------------------------------------------------------------
 
 
-def test_online_without_a_key_or_network_goes_offline(monkeypatch, tmp_path):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    netrc = tmp_path / "netrc"
-    netrc.write_text("")
-    monkeypatch.setenv("NETRC", str(netrc))
-    mode, why = tracking.choose_mode("online")
-    assert mode == "offline" and "API key" in why
+def test_online_that_wandb_refuses_goes_offline(monkeypatch, tmp_path, tiny_cfg, caplog):
+    import wandb
 
-    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setattr(tracking, "_reachable", lambda host, timeout=3.0: False)
-    mode, why = tracking.choose_mode("online")
-    assert mode == "offline" and "unreachable" in why
-    assert tracking.choose_mode("disabled") == ("disabled", None)
-    assert tracking.choose_mode("dryrun") == ("offline", None)
+    wandb.teardown()  # forget the credentials an earlier test's process-wide session found
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key, so wandb.init tries the server ...
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_root"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    init = wandb.init
+
+    def no_network(**kwargs):  # ... which does not answer
+        if kwargs["mode"] == "online":
+            raise wandb.errors.CommError("no route to api.wandb.ai")
+        return init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", no_network)
+    with open_dict(tiny_cfg):
+        tiny_cfg.wandb.mode = "online"
+    caplog.set_level(logging.WARNING, logger="sasft.wandb")
+    with tracking.start(tiny_cfg, tmp_path / "run") as tracker:
+        assert tracker.active and tracker.run.settings.mode == "offline"
+    assert any("online start failed" in r.getMessage() for r in caplog.records)
 
 
 def test_offline_fallback_is_said_once(monkeypatch, tmp_path, tiny_cfg, caplog):
+    import wandb
+
+    wandb.teardown()  # forget the credentials an earlier test's process-wide session found
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))  # where `wandb login` keeps a key
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_root"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setattr(tracking, "_said_offline", False)
@@ -169,31 +179,31 @@ def test_offline_fallback_is_said_once(monkeypatch, tmp_path, tiny_cfg, caplog):
     assert len(said) == 1 and "API key" in said[0].getMessage()
 
 
-class _BrokenRun:
-    def __init__(self):
-        self.calls = 0
-
-    def log(self, metrics):
-        self.calls += 1
-        raise ConnectionError("wandb service died")
-
-    def finish(self, exit_code=None):
-        raise ConnectionError("still dead")
-
-
-def test_a_wandb_error_turns_tracking_off_and_training_goes_on(caplog):
+def test_a_wandb_error_turns_tracking_off_and_training_goes_on(monkeypatch, tmp_path, tiny_cfg,
+                                                            caplog):
+    import wandb
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
-    broken = _BrokenRun()
-    tracker = tracking.Tracker(broken)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_root"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with open_dict(tiny_cfg):
+        tiny_cfg.wandb.mode = "offline"
+    tracker = tracking.start(tiny_cfg, tmp_path / "run")
+    calls = []
+
+    def service_died(*args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("wandb service died")
+
+    monkeypatch.setattr(wandb, "log", service_died)
     [callback] = tracker.callbacks()
     state = TrainerState()
-    args = TrainingArguments(output_dir="unused", report_to=[])
+    args = TrainingArguments(output_dir=str(tmp_path / "unused"), report_to=[])
     caplog.set_level(logging.WARNING, logger="sasft.wandb")
     for step in range(1, 4):  # the Trainer logging three times
         state.global_step = step
         callback.on_log(args, state, TrainerControl(), logs={"loss": 1.0 / step})
-    assert broken.calls == 1 and not tracker.active  # one failure, then no more W&B calls
+    assert len(calls) == 1 and not tracker.active  # one failure, then no more W&B calls
     assert sum("tracking is off" in r.getMessage() for r in caplog.records) == 1
     tracker.log_results({"summary": {}, "scores": {}, "mix": {"task": 1, "auxiliary": 0},
                          "timings": {}, "run": {"method": "x"}}, Path("."))
