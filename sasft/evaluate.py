@@ -1,17 +1,12 @@
 """Benchmarks through lm-eval, on the model held in memory.
 
-A benchmark spec (from `conf/eval/*.yaml` or a task's `benchmark:` block) is one of
-  - a task or group from lm-eval's own registry:
-        {lm_eval_task: mmlu, metric: acc, num_fewshot: 5}
-    `metric` names the reported number (a group's aggregate for a group), with lm-eval's filter
-    after a comma where the task has several ("exact_match,flexible-extract"; default "none").
-  - a local JSONL file, which this module turns into an lm-eval task config:
-        {file: test.jsonl, output_type: generate_until, target: answer, answer_regex: "...",
-         metric: exact_match | rougeL | chrf, regexes_to_ignore: [","], max_gen_toks: 256}
-        {file: test.jsonl, output_type: multiple_choice}   (fields "choices" and "label")
-Any spec may set `num_fewshot` (lm-eval's default for a registry task otherwise; 0 for a local
-file). Every benchmark is run with the model's chat template, as the model is used, and every
-score is in [0, 1] (chrF, which lm-eval reports out of 100, is divided by 100).
+A benchmark (`conf/eval/*.yaml`, or a task's `benchmark:`; its options typed in
+sasft/schema.py::BenchmarkSchema) is a task or group from lm-eval's registry
+(`lm_eval_task`, scored by `metric`, with lm-eval's filter after a comma where a task has
+several), or a local JSONL file that this module turns into an lm-eval task: generative, scored
+by exact match, ROUGE-L or chrF on the reply or on what `answer_regex` extracts from it, or
+multiple choice by log-likelihood (fields "choices" and "label"). Every benchmark runs with the
+model's chat template, and every score is in [0, 1] (chrF is divided by 100).
 """
 
 from __future__ import annotations

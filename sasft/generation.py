@@ -1,17 +1,11 @@
 """Self-dialogue generation: the model writes whole conversations, user turns included.
 
-The model gets only its chat template's user-turn header and samples a user message (the
-Magpie trick); the message is then put back through the template and the model answers it;
-optionally more turns follow. Generation is batched with the KV cache and left padding, on the
-model's device; cheap filters drop empty, truncated and duplicate dialogues, and count them.
-
-Two backends sample the turns (`generation.backend`): `hf` (transformers' `generate` on the model
-in memory, the default) and `vllm` (a vLLM engine over the same checkpoint, for GPUs; installed
-with `pip install -e .[vllm]` and imported only when chosen). Both take the same prompts and
-return the same turns, so the dialogue format and the filters do not depend on the backend.
-
-Results are cached on disk under a key made of the model's fingerprint, the generation
-settings, the count and the seed; a file lock makes one process generate while others wait.
+From its chat template's bare user-turn header the model samples a user message (the Magpie
+trick), then answers it; more turns may follow. Batched with the KV cache and left padding;
+cheap filters drop empty, truncated and duplicate dialogues, and count them. Two backends take
+the same prompts and return the same turns: `hf` (transformers' `generate`, the default) and
+`vllm` (GPUs; imported only when chosen). Results are cached (sasft/cache.py) by the model's
+fingerprint, the settings that shape the dialogues, the count and the seed.
 """
 
 from __future__ import annotations
@@ -40,7 +34,6 @@ _SENTINEL = "\x00SASFT\x00"
 # finds the cache. The meta file records which of them produced an entry.
 _KEY_FIELDS = ("num_turns", "temperature", "top_p", "top_k", "max_new_tokens", "oversample",
                "max_attempts")
-BACKENDS = ("hf", "vllm")
 
 # One turn for each prompt (None where truncated); adds the tokens it generated to stats["tokens"].
 Sampler = Callable[[list[str], Counter], list["str | None"]]
@@ -167,13 +160,11 @@ def vllm_sampler(model, tokenizer, cfg, seed: int) -> Sampler:
 
 def make_sampler(model, tokenizer, cfg, seed: int) -> tuple[Sampler, int | None]:
     """The configured backend's sampler, and how many dialogues to hand it at once: the hf
-    backend pads a batch of `cfg.batch_size`; vLLM schedules its own batches, so it gets all."""
-    backend = cfg.backend
-    if backend == "hf":
-        return hf_sampler(model, tokenizer, cfg), cfg.batch_size
-    if backend == "vllm":
+    backend pads a batch of `cfg.batch_size`; vLLM schedules its own batches, so it gets all.
+    (The backend's name is checked with the config, in sasft/schema.py.)"""
+    if cfg.backend == "vllm":
         return vllm_sampler(model, tokenizer, cfg, seed), None
-    raise GenerationError(f"unknown generation.backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    return hf_sampler(model, tokenizer, cfg), cfg.batch_size
 
 
 def generate_batch(sample: Sampler, tokenizer, size: int, cfg
