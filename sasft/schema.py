@@ -126,12 +126,12 @@ class TrainSchema:
     epochs: int = limits(min=1)
     learning_rate: float = limits(above=0.0)
     lr_scheduler_type: str = limits(choices=SCHEDULERS)
-    warmup_ratio: float = limits(min=0.0, max=1.0)
+    warmup_ratio: float = limits(min=0.0, max=1.0)  # a share of all optimizer steps
     weight_decay: float = limits(min=0.0)
     batch_size: int = limits(min=1)
     gradient_accumulation_steps: int = limits(min=1)
     max_grad_norm: float = limits(above=0.0)
-    max_seq_len: int = limits(min=8)
+    max_seq_len: int = limits(min=8)  # a chat template's own tokens need room
     group_by_length: bool = MISSING
     packing: bool = MISSING
     logging_steps: int = limits(min=1)
@@ -170,12 +170,12 @@ class GenerationSchema:
     world: str = limits(choices=WORLDS)
     backend: str = limits(choices=("hf", "vllm"))
     num_turns: int = limits(min=1)
-    temperature: float = limits(min=0.0)
-    top_p: float = limits(above=0.0, max=1.0)
-    top_k: int = limits(min=0)
+    temperature: float = limits(min=0.0)  # 0: greedy
+    top_p: float = limits(above=0.0, max=1.0)  # 0 would keep no token at all
+    top_k: int = limits(min=0)  # 0: no top-k cut
     max_new_tokens: int = limits(min=1)
     batch_size: int = limits(min=1)
-    oversample: float = limits(min=1.0)
+    oversample: float = limits(min=1.0)  # filters only ever drop dialogues
     max_attempts: int = limits(min=1)
     sample_size: int = limits(min=0)
     vllm_gpu_memory_utilization: float = limits(above=0.0, max=1.0)
