@@ -72,7 +72,7 @@ def figure2(runs: list[Run], out_dir: Path) -> tuple[Path | None, str]:
     write_csv(out_dir / "mix_ratio.csv", ["method", "mix_ratio", "measure", "mean", "std", "seeds"],
               rows)
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     panels = (("general_final", "general-skill average"), ("in_domain_final", "in-domain score"))
     flat = ordered({r.label for r in runs if r.method == "task_only"})
     for ax, (measure, title) in zip(axes, panels):
@@ -90,7 +90,7 @@ def figure2(runs: list[Run], out_dir: Path) -> tuple[Path | None, str]:
             ax.axhline(base.mean, linestyle=":", color="gray", label="base model")
         ax.set(title=title, xlabel="mix ratio (auxiliary per task example)", ylabel="score")
         ax.legend()
-    fig.suptitle("Figure 2: score against mix ratio (mean ± std over seeds)", y=1.02)
+    fig.suptitle("Figure 2: score against mix ratio (mean ± std over seeds)")
     return save_figure(fig, out_dir / FIG2), ""
 
 
@@ -121,7 +121,8 @@ def figure3(runs: list[Run], ratio: float | None, out_dir: Path) -> tuple[Path |
     plt = pyplot()
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False,
+                             layout="constrained")  # no title over the row above's labels
     for ax, ((model, task), curves) in zip(axes.flat, panels.items()):
         for method, curve in curves.items():
             steps = [s for s, _ in curve]
@@ -134,7 +135,7 @@ def figure3(runs: list[Run], ratio: float | None, out_dir: Path) -> tuple[Path |
         ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle("Figure 3: in-domain score during training (mean ± std over seeds)", y=1.02)
+    fig.suptitle("Figure 3: in-domain score during training (mean ± std over seeds)")
     return save_figure(fig, out_dir / FIG3), ""
 
 
@@ -149,14 +150,15 @@ def layer_figure(records: list[tuple[Run, dict]], ratio: float | None, out_dir: 
     methods = ordered({r.label for r, _ in chosen})
     plt = pyplot()
     fig, axes = plt.subplots(len(models), len(methods), figsize=(4 * len(methods),
-                             3.2 * len(models)), squeeze=False, sharey=True)
+                             3.2 * len(models)), squeeze=False, sharey=True,
+                             layout="constrained")
     for row, model in enumerate(models):
         for col, method in enumerate(methods):
             drifts = [d["weights"] for r, d in chosen if (r.model, r.label) == (model, method)]
             _layer_panel(axes[row][col], drifts)
             axes[row][col].set_title(f"{model} / {method} ({len(drifts)} runs)")
     axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle("Relative weight change ||W_ft - W_base|| / ||W_base|| per layer", y=1.02)
+    fig.suptitle("Relative weight change ||W_ft - W_base|| / ||W_base|| per layer")
     return save_figure(fig, out_dir / FIG_LAYERS)
 
 
@@ -189,7 +191,7 @@ def scatter_figure(records: list[tuple[Run, dict]], out_dir: Path) -> tuple[Path
     figure and (measure, Pearson r, points) rows."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(MEASURES), figsize=(4 * len(MEASURES), 3.5), squeeze=False,
-                             sharey=True)
+                             sharey=True, layout="constrained")
     stats = []
     for ax, (name, read) in zip(axes[0], MEASURES.values()):
         points = [(read(d), r.results["summary"]["general_delta"], r.label) for r, d in records
@@ -203,5 +205,5 @@ def scatter_figure(records: list[tuple[Run, dict]], out_dir: Path) -> tuple[Path
         ax.set(title=f"r = {r:.2f}" if r is not None else "r = n/a", xlabel=name)
     axes[0][0].set_ylabel("general-score change")
     axes[0][0].legend(fontsize="small")
-    fig.suptitle("Drift against forgetting (one point per run, every ratio)", y=1.02)
+    fig.suptitle("Drift against forgetting (one point per run, every ratio)")
     return save_figure(fig, out_dir / FIG_SCATTER), stats
