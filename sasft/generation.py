@@ -186,6 +186,7 @@ def generate_batch(sample: Sampler, tokenizer, size: int, cfg
                                                   add_generation_prompt=True)
                     for i in alive
                 ]
+            drops["turns"] += len(prompts)
             for i, text in zip(alive, sample(prompts, drops)):
                 if text is None or not text:
                     drops["truncated" if text is None else "empty"] += 1
@@ -195,49 +196,78 @@ def generate_batch(sample: Sampler, tokenizer, size: int, cfg
     return dialogues, drops
 
 
-def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int) -> tuple[list, dict]:
+def read_progress(path: Path | None) -> list[Dialogue]:
+    """The dialogues an earlier, unfinished generation kept (one per line, appended as they were
+    kept); a line cut off by a kill is ignored."""
+    if path is None or not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            kept.append(json.loads(line)["messages"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # the last line, half-written when the process was killed
+    return kept
+
+
+def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int,
+                            progress: Path | None = None) -> tuple[list, dict]:
     """Exactly `count` usable, distinct dialogues, or a GenerationError after
-    `cfg.max_attempts` rounds. Returns the dialogues and the filter statistics."""
-    torch.manual_seed(seed)
+    `cfg.max_attempts` rounds. Returns the dialogues and the filter statistics. With
+    `progress`, every kept dialogue is appended to that file as soon as it is kept, and a call
+    that finds the file continues from its dialogues: a failure or an interruption loses none."""
+    kept: list[Dialogue] = read_progress(progress)[:count]
+    seen: set[str] = {json.dumps(d) for d in kept}
+    stats: Counter = Counter({"resumed": len(kept)} if kept else {})
+    # A resumed generation draws on from a seed of its own, not the first run's draws again.
+    torch.manual_seed(seed if not kept else seed + 1_000_003 * len(kept))
     was_training = model.training
     model.eval()
     sample, batch_size = make_sampler(model, tokenizer, cfg, seed)
-    kept: list[Dialogue] = []
-    seen: set[str] = set()
-    stats: Counter = Counter()
-    progress = tqdm(total=count, desc="self-dialogues", unit="dlg")
-    for attempt in range(cfg.max_attempts):
-        todo = math.ceil((count - len(kept)) * cfg.oversample)
-        step = batch_size or todo
-        for start in range(0, todo, step):
-            batch, drops = generate_batch(sample, tokenizer, min(step, todo - start), cfg)
-            stats.update(drops)
-            stats["generated"] += len(batch)
-            for dialogue in batch:
-                if dialogue is None:
-                    continue
-                key = json.dumps(dialogue)
-                if key in seen:
-                    stats["duplicate"] += 1
-                    continue
-                seen.add(key)
-                if len(kept) < count:
-                    kept.append(dialogue)
-                    progress.update(1)
+    bar = tqdm(total=count, initial=len(kept), desc="self-dialogues", unit="dlg")
+    log_file = progress.open("a", encoding="utf-8") if progress is not None else None
+    try:
+        for attempt in range(cfg.max_attempts):
             if len(kept) >= count:
                 break
-        stats["rounds"] = attempt + 1
-        if len(kept) >= count:
-            break
-    progress.close()
-    model.train(was_training)
+            todo = math.ceil((count - len(kept)) * cfg.oversample)
+            step = batch_size or todo
+            for start in range(0, todo, step):
+                batch, drops = generate_batch(sample, tokenizer, min(step, todo - start), cfg)
+                stats.update(drops)
+                stats["generated"] += len(batch)
+                for dialogue in batch:
+                    if dialogue is None:
+                        continue
+                    key = json.dumps(dialogue)
+                    if key in seen:
+                        stats["duplicate"] += 1
+                        continue
+                    seen.add(key)
+                    if len(kept) < count:
+                        kept.append(dialogue)
+                        bar.update(1)
+                        if log_file is not None:
+                            log_file.write(json.dumps({"messages": dialogue}) + "\n")
+                            log_file.flush()
+                if len(kept) >= count:
+                    break
+            stats["rounds"] = attempt + 1
+    finally:
+        bar.close()
+        if log_file is not None:
+            log_file.close()
+        model.train(was_training)
     if len(kept) < count:
         raise GenerationError(
             f"only {len(kept)} usable self-dialogues of the {count} needed after "
             f"{cfg.max_attempts} rounds (generation.max_attempts); dropped: {dict(stats)}. "
-            "Check the model's chat template, or raise generation.max_new_tokens / temperature."
+            "They are kept: running again continues from them. Check the model's chat "
+            "template, or raise generation.max_new_tokens / temperature."
         )
     stats["kept"] = len(kept)
+    if stats["turns"]:
+        stats["truncation_rate"] = round(stats["truncated"] / stats["turns"], 4)
     return kept, dict(stats)
 
 
@@ -257,9 +287,12 @@ def cached_self_dialogues(model, tokenizer, count: int, cfg, seed: int, fingerpr
     settings = {k: cfg[k] for k in _KEY_FIELDS}
     path = cache_path(fingerprint, count, cfg, seed, cache_dir)
 
+    progress = path.with_suffix(".partial.jsonl")  # what an unfinished generation kept
+
     def make() -> dict:
-        dialogues, stats = generate_self_dialogues(model, tokenizer, count, cfg, seed)
+        dialogues, stats = generate_self_dialogues(model, tokenizer, count, cfg, seed, progress)
         write_jsonl(path, [{"messages": d} for d in dialogues])
+        progress.unlink(missing_ok=True)
         log.info("generated %d self-dialogues (%s) -> %s", count, stats, path)
         return {"model": fingerprint, "count": count, "seed": seed, "stats": stats,
                 "settings": settings,

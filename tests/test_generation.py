@@ -96,6 +96,7 @@ def test_filters_drop_and_count_empty_truncated_duplicate(toy, monkeypatch):
     ]
     assert stats["generated"] == 6 and stats["kept"] == 2 and stats["rounds"] == 1
     assert (stats["empty"], stats["truncated"], stats["duplicate"]) == (1, 2, 1)
+    assert stats["turns"] == 10 and stats["truncation_rate"] == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("why, changes", [
@@ -165,3 +166,43 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(toy):
     assert packed_loss == pytest.approx(padded_loss, abs=1e-5)
     for a, b in zip(padded_grads, packed_grads):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+
+
+def test_kept_dialogues_survive_a_failure_and_a_rerun_continues_from_them(toy, monkeypatch,
+                                                                         tmp_path):
+    model, tokenizer, cfg = toy
+    gen = gen_cfg(cfg, num_turns=1, oversample=1.0, batch_size=4, max_attempts=1)
+    progress = tmp_path / "entry.partial.jsonl"
+    # First attempt: 2 of the 3 dialogues needed, then the rounds run out.
+    first = scripted([["a", "b", None], ["1", "2"]])
+    monkeypatch.setattr(generation, "make_sampler", lambda *args: (first, gen.batch_size))
+    with pytest.raises(GenerationError, match="They are kept: running again continues"):
+        generate_self_dialogues(model, tokenizer, 3, gen, seed=0, progress=progress)
+    assert len(read_jsonl(progress)) == 2
+    # A half-written line (the process killed while appending) is ignored.
+    progress.write_text(progress.read_text() + '{"messages": [{"role": "us')
+    # The rerun asks only for the missing one and keeps the two it finds.
+    second = scripted([["d"], ["4"]])
+    monkeypatch.setattr(generation, "make_sampler", lambda *args: (second, gen.batch_size))
+    kept, stats = generate_self_dialogues(model, tokenizer, 3, gen, seed=0, progress=progress)
+    assert [d[0]["content"] for d in kept] == ["a", "b", "d"]
+    assert stats["resumed"] == 2 and stats["generated"] == 1 and stats["kept"] == 3
+
+
+def test_the_cache_keeps_partial_work_until_the_entry_is_made(toy, monkeypatch, tmp_path):
+    model, tokenizer, cfg = toy
+    gen = gen_cfg(cfg, num_turns=1, oversample=1.0, batch_size=4, max_attempts=1)
+    monkeypatch.setattr(generation, "make_sampler",
+                        lambda *args: (scripted([["a", None, None, None], ["1"]]), 4))
+    with pytest.raises(GenerationError):
+        generation.cached_self_dialogues(model, tokenizer, 4, gen, 0, "fp", tmp_path)
+    entry = generation.cache_path("fp", 4, gen, 0, tmp_path)
+    partial = entry.with_suffix(".partial.jsonl")
+    assert not entry.exists() and len(read_jsonl(partial)) == 1
+    monkeypatch.setattr(generation, "make_sampler",
+                        lambda *args: (scripted([["b", "c", "d"], ["2", "3", "4"]]), 4))
+    dialogues, stats = generation.cached_self_dialogues(model, tokenizer, 4, gen, 0, "fp",
+                                                        tmp_path)
+    assert [d[0]["content"] for d in dialogues] == ["a", "b", "c", "d"]
+    assert stats["resumed"] == 1 and not partial.exists()  # done: the partial file goes
+    assert stats["turns"] == 6 and stats["truncation_rate"] == 0.0  # this call's turns

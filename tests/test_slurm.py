@@ -325,7 +325,7 @@ _PRODUCER = textwrap.dedent("""
     mode, cache = sys.argv[2], sys.argv[3]
     made = []
 
-    def fake_generate(model, tokenizer, count, cfg, seed):
+    def fake_generate(model, tokenizer, count, cfg, seed, progress=None):
         made.append(count)
         if mode == "slow":
             time.sleep(3)  # long enough for another process to queue on the lock
