@@ -1,7 +1,7 @@
 """Drift analysis: how far fine-tuning moved a model from its base, in weights and in behaviour.
 
     python -m sasft.analyze outputs/                        # every finished run under it
-    python -m sasft.analyze outputs/tiny/parity/sasft/full_ratio1.0_seed0-b91cc78e
+    python -m sasft.analyze outputs/tiny/parity/sasft/full_ratio1.0_seed0-<hash>
     python -m sasft.analyze outputs/ --dialogues 64 --max-prompts 100 --force
 
 For each finished run that kept its weights (`model/`, train.save_model=true) it writes

@@ -17,7 +17,6 @@ a killed or crashed owner never keeps it. A second launch of the same run waits 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
+from . import cache
 from .cache import publish_json
 from .config import PACKAGE_DIR, ConfigError, SasftError
 
@@ -94,8 +94,7 @@ def identity(cfg: DictConfig | dict) -> dict:
 
 
 def identity_hash(fields: dict) -> str:
-    blob = json.dumps(fields, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:HASH_LENGTH]
+    return cache.key(fields)[:HASH_LENGTH]
 
 
 def variant(fields: dict) -> dict:
