@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -51,12 +52,19 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
-def offline_run(wandb_dir: Path) -> dict:
-    """The one offline run under `wandb_dir`: its run record, config, history rows and summary."""
+def offline_run(wandb_dir: Path, wait_s: float = 15.0) -> dict:
+    """The one offline run under `wandb_dir`: its run record, config, history rows and summary.
+    wandb's core process may still be writing the file when `finish` returns: wait for it."""
     files = sorted(wandb_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, f"expected one offline run, found {files}"
+    deadline = time.monotonic() + wait_s
+    records = read_wandb_records(files[0])
+    while not any(r.WhichOneof("record_type") == "run" for r in records) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+        records = read_wandb_records(files[0])
     out = {"run": None, "config": {}, "history": [], "summary": {}, "dir": files[0].parent}
-    for record in read_wandb_records(files[0]):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out["run"] = record.run
