@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import cache
 from .cache import publish_json
 from .config import PACKAGE_DIR, ConfigError, SasftError
+from .record import read_results
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,9 @@ def stored_identity(run_dir: Path) -> dict | None:
     path = run_dir / IDENTITY_FILE
     if path.is_file():
         return json.loads(path.read_text())["fields"]
-    results = run_dir / "results.json"
-    if results.is_file():
-        return identity(json.loads(results.read_text()).get("config", {}))
+    results = read_results(run_dir)
+    if results is not None:
+        return identity(results.get("config", {}))
     return None
 
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from transformers import TrainerCallback
 from transformers.integrations import WandbCallback
 
-from . import record
+from . import dist, record
 from .cache import publish
 from .config import resolved
 
@@ -187,7 +187,7 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
     wcfg = cfg.wandb
     if not wcfg.enabled:
         return Tracker()
-    if int(os.environ.get("RANK", 0)) != 0:  # torchrun / accelerate: one W&B run, from rank 0
+    if not dist.is_main():  # torchrun / accelerate: one W&B run, from rank 0
         return Tracker()
     global _said_offline
     run_dir = Path(run_dir)
