@@ -38,7 +38,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from sasft.config import compose_config
 from sasft.model import fingerprint, load_model
-from sasft.pipeline import data_mix, load_task
+from sasft.pipeline import data_mix, method_context, load_task
 from sasft.train import SFTTrainer, tokenized_dataset, train_collator, training_arguments
 
 STRATEGIES = {  # name: (train.group_by_length, train.packing)
@@ -112,9 +112,10 @@ def run_mix(cfg, model, tokenizer) -> tuple[list[dict], dict]:
     """The training mix of the run `cfg` describes, built by the pipeline's own step, and the
     auxiliary data's statistics (cached or not)."""
     method = instantiate(cfg.method)
-    method.check(model.config)
+    method.check(model.config, cfg.peft.name)
     task = load_task(cfg.task)
-    mix, auxiliary, stats = data_mix(cfg, method, task, model, tokenizer, fingerprint(cfg.model))
+    ctx = method_context(cfg, model, tokenizer, fingerprint(cfg.model), task)
+    mix, auxiliary, stats = data_mix(cfg, method, task, ctx)
     return mix, {"method": method.name, "task": len(task.train), "auxiliary": len(auxiliary),
                  **stats}
 

@@ -137,9 +137,10 @@ def _task_manager():
     return TaskManager()
 
 
-def build_tasks(benchmarks: dict[str, dict], eos: str) -> tuple[list, dict[str, str]]:
+def build_tasks(benchmarks: dict[str, dict], eos: str) -> tuple[list, dict[str, tuple]]:
     """lm-eval Task/Group objects for the benchmarks, with each spec's num_fewshot set on every
-    task it holds, and the name each benchmark's results are reported under. (lm-eval 0.4.13's
+    task it holds, and for each benchmark the name its results are reported under and the
+    tasks it holds, by name (a group's per-item samples are its tasks'). (lm-eval 0.4.13's
     simple_evaluate takes one num_fewshot for all tasks, and a config dict naming a registered
     task is not merged with the registered config; setting it on the built tasks is what
     simple_evaluate itself does, and it keeps values already set.)"""
@@ -164,12 +165,56 @@ def build_tasks(benchmarks: dict[str, dict], eos: str) -> tuple[list, dict[str, 
         else:
             raise ConfigError(f"benchmark {name}: lm-eval's {top!r} is a tag, which reports no "
                               "single score; name a task or a group")
-        result_names[name] = top
+        result_names[name] = (top, dict(sorted(loaded["tasks"].items())))
     return objects, result_names
 
 
-def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, float]:
-    """Score an lm-eval LM on each benchmark; returns {benchmark name: score in [0, 1]}."""
+def _item(sample: dict, metric: str, multiple_choice: bool) -> dict:
+    """One test item as a run keeps it: the end of the prompt (where the question is), the
+    target, the model's answer and its score (None where the metric has no per-item score:
+    chrF is a corpus statistic)."""
+    args = sample["arguments"]
+    if multiple_choice:  # one request per choice: (context, continuation); answer = argmax
+        choices = [a[1] for a in args]
+        lls = [r[0] for r in sample["filtered_resps"]]
+        answer = choices[max(range(len(lls)), key=lls.__getitem__)]
+        target = sample["target"]
+        target = choices[target] if isinstance(target, int) and target < len(choices) else target
+    else:
+        answer = sample["resps"][0][0]
+        target = sample["target"]
+    value = sample.get(metric)
+    score = float(value) if isinstance(value, (int, float)) else None
+    return {"doc_id": sample["doc_id"], "prompt": str(args[0][0])[-PROMPT_CHARS:],
+            "target": str(target), "answer": str(answer)[:ANSWER_CHARS], "score": score,
+            "choices": len(args) if multiple_choice else None}
+
+
+PROMPT_CHARS, ANSWER_CHARS = 600, 600  # what a run keeps of each item's prompt and answer
+
+
+def _result(out: dict, spec: dict, top: str, leaves: dict, key: str) -> dict:
+    """A benchmark's score, chance level and per-item records from lm-eval's output."""
+    metric, filter_name = key.split(",")
+    items = []
+    for leaf, task in leaves.items():
+        samples = [s for s in out["samples"].get(leaf, []) if s.get("filter") == filter_name]
+        for sample in sorted(samples, key=lambda s: s["doc_id"]):
+            items.append({"task": leaf,
+                          **_item(sample, metric, task.OUTPUT_TYPE == "multiple_choice")})
+    if items and all(i["choices"] for i in items):  # guessing: one in the number of choices
+        chance = sum(1 / i["choices"] for i in items) / len(items)
+    else:
+        chance = spec["chance"]
+    if any(i["score"] is None for i in items):
+        items = None
+    score = float(out["results"][top][key]) * _SCALE.get(metric, 1.0)
+    return {"score": score, "chance": chance, "items": items}
+
+
+def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, dict]:
+    """Score an lm-eval LM on each benchmark; returns {benchmark name: {"score" in [0, 1],
+    "chance", "items": per-item records or None}}."""
     import lm_eval
 
     objects, result_names = build_tasks(benchmarks, eos)
@@ -181,7 +226,7 @@ def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, 
         limit=cfg.limit,
         apply_chat_template=True,
         fewshot_as_multiturn=True,  # few-shot examples as earlier chat turns
-        log_samples=False,
+        log_samples=True,  # per-item scores: intervals and forgetting examples in the report
         bootstrap_iters=0,
         verbosity="ERROR",
         random_seed=seed,
@@ -189,18 +234,18 @@ def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, 
         torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
-    scores = {}
-    for name, top in result_names.items():
-        key, result = _metric_key(benchmarks[name]), out["results"][top]
-        if key not in result:
+    results = {}
+    for name, (top, leaves) in result_names.items():
+        key, reported = _metric_key(benchmarks[name]), out["results"][top]
+        if key not in reported:
             raise ConfigError(f"benchmark {name}: lm-eval reports no {key!r} for {top}; it "
-                              f"reports {sorted(k for k in result if ',' in k)}")
-        scores[name] = float(result[key]) * _SCALE.get(key.split(",")[0], 1.0)
-    return scores
+                              f"reports {sorted(k for k in reported if ',' in k)}")
+        results[name] = _result(out, benchmark_spec(benchmarks[name]), top, leaves, key)
+    return results
 
 
-def evaluate(model, tokenizer, benchmarks: dict[str, dict], cfg) -> dict[str, float]:
-    """Score `model` on each benchmark; returns {benchmark name: score in [0, 1]}."""
+def evaluate_items(model, tokenizer, benchmarks: dict[str, dict], cfg) -> dict[str, dict]:
+    """Score `model` on each benchmark, keeping each item (see `run_benchmarks`)."""
     from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(
@@ -217,8 +262,14 @@ def evaluate(model, tokenizer, benchmarks: dict[str, dict], cfg) -> dict[str, fl
         model.train(was_training)
 
 
+def evaluate(model, tokenizer, benchmarks: dict[str, dict], cfg) -> dict[str, float]:
+    """Score `model` on each benchmark; returns {benchmark name: score in [0, 1]}."""
+    return {n: r["score"] for n, r in evaluate_items(model, tokenizer, benchmarks, cfg).items()}
+
+
 # Eval settings that change a score; batch sizes do not (beyond numerical noise).
 _EVAL_KEYS = ("limit", "seed")
+_CACHE_FORMAT = 2  # base results with chance and items (format 1 held the score alone)
 
 
 def _base_key(fingerprint: str, name: str, spec: dict, cfg) -> str:
@@ -230,25 +281,63 @@ def _base_key(fingerprint: str, name: str, spec: dict, cfg) -> str:
     digest = hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
     return cache.key({"model": fingerprint, "name": name, "spec": spec,
                       **{k: cfg[k] for k in _EVAL_KEYS}, "file_digest": digest,
-                      "lm_eval": metadata.version("lm_eval")})
+                      "lm_eval": metadata.version("lm_eval"), "format": _CACHE_FORMAT})
 
 
 def cached_base_scores(model, tokenizer, benchmarks: dict[str, dict], cfg, fingerprint: str,
-                       cache_dir: str | Path) -> tuple[dict[str, float], list[str]]:
-    """Base-model scores, computed once per (model, benchmark, eval settings) and shared by
-    every run of that model. Returns the scores and the names that had to be computed."""
+                       cache_dir: str | Path) -> tuple[dict[str, dict], list[str]]:
+    """Base-model results (score, chance, items; see `run_benchmarks`), computed once per
+    (model, benchmark, eval settings) and shared by every run of that model. Returns them and
+    the names that had to be computed."""
     root = Path(cache_dir) / "base_scores"
     root.mkdir(parents=True, exist_ok=True)
     paths = {n: root / f"{_base_key(fingerprint, n, s, cfg)}.json" for n, s in benchmarks.items()}
     # One lock for the whole set: a second job waits, then finds everything computed.
     with cache.locked(root / fingerprint):
         missing = [n for n, p in paths.items() if not p.is_file()]
-        scores = {n: json.loads(paths[n].read_text())["score"]
-                  for n in benchmarks if n not in missing}
+        found = {n: json.loads(paths[n].read_text()) for n in benchmarks if n not in missing}
         if missing:
-            fresh = evaluate(model, tokenizer, {n: benchmarks[n] for n in missing}, cfg)
-            for name, score in fresh.items():
-                cache.publish_json(paths[name], {"benchmark": name, "score": score,
-                                                "model": fingerprint})
-            scores |= fresh
-    return {n: scores[n] for n in benchmarks}, missing
+            fresh = evaluate_items(model, tokenizer, {n: benchmarks[n] for n in missing}, cfg)
+            for name, result in fresh.items():
+                cache.publish_json(paths[name], {"benchmark": name, "model": fingerprint,
+                                                **result})
+            found |= fresh
+    return {n: found[n] for n in benchmarks}, missing
+
+
+def forgotten(base: list[dict] | None, final: list[dict] | None, limit: int) -> list[dict]:
+    """Up to `limit` items the base model got right and the fine-tuned one wrong, in test
+    order: what forgetting looks like, both answers side by side."""
+    if not base or not final:
+        return []
+    after = {(i["task"], i["doc_id"]): i for i in final}
+    rows = []
+    for item in base:
+        late = after.get((item["task"], item["doc_id"]))
+        if late is not None and item["score"] >= 0.5 > late["score"]:
+            rows.append({"task": item["task"], "doc_id": item["doc_id"], "prompt": item["prompt"],
+                         "target": item["target"], "base_answer": item["answer"],
+                         "final_answer": late["answer"], "base_score": item["score"],
+                         "final_score": late["score"]})
+            if len(rows) == limit:
+                break
+    return rows
+
+
+
+def benchmark_prompts(benchmarks: dict[str, dict], eos: str, per_benchmark: int) -> list[str]:
+    """The first `per_benchmark` questions of each benchmark as lm-eval poses them (zero-shot,
+    without the chat template), drawn in turn from each task a group holds."""
+    prompts = []
+    for _, leaves in build_tasks(benchmarks, eos)[1].values():
+        docs = {name: iter(task.eval_docs) for name, task in leaves.items()}
+        picked: list[str] = []
+        while docs and len(picked) < per_benchmark:
+            for name, it in list(docs.items()):
+                doc = next(it, None)
+                if doc is None:
+                    del docs[name]
+                elif len(picked) < per_benchmark:
+                    picked.append(str(leaves[name].doc_to_text(doc)))
+        prompts += picked
+    return prompts

@@ -1,23 +1,35 @@
-"""The methods: task-only SFT, layer freezing, external-data mixing and SA-SFT. Each changes
-only what it must, through the hooks the pipeline calls: the data mixed in with the task
-(`auxiliary`, at `mix_ratio`), or the set of trainable parameters (`select_trainable`).
+"""The methods: task-only SFT, layer freezing, external-data mixing, replay, self-distillation
+(sdft), L2 to the base weights, EWC and SA-SFT. Each changes only what it must, through the
+hooks the pipeline calls, in this order:
+  check            settings, before any weights load
+  rewrite          the task's training dialogues (sdft)
+  auxiliary        dialogues mixed in with the task at `mix_ratio` (ext_mix, replay, sasft)
+  select_trainable the trainable parameters (freeze)
+  penalty          a term added to the training loss (l2_base, ewc; sasft/penalty.py)
 Optimizer, schedule, epochs and batch size are never touched. Built from
 `conf/method/<name>.yaml` by `hydra.utils.instantiate`."""
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from . import cache, dist
 from .config import ConfigError
 from .data import DataError, Dialogue, check_record, read_records, to_dialogue
-from .generation import cached_self_dialogues
+from .generation import cached_self_dialogues, complete
+from .penalty import WeightPenalty, diagonal_fisher
+from .schema import benchmark_spec
 
 
 @dataclass
-class MixContext:
-    """What a method may use to make its auxiliary data."""
+class MethodContext:
+    """What a method may use to make its data or its penalty."""
 
     model: object
     tokenizer: object
@@ -25,6 +37,8 @@ class MixContext:
     fingerprint: str
     cache_dir: Path
     seed: int
+    benchmark: dict | None = None  # the task's in-domain test spec: how its answers are scored
+    max_seq_len: int = 2048
 
 
 class Method:
@@ -35,15 +49,25 @@ class Method:
     def mixes_data(self) -> bool:
         return self.mix_ratio is not None
 
-    def check(self, model_config) -> None:
-        """Fail on bad settings before any weights are loaded or data generated."""
+    def check(self, model_config, peft: str = "full") -> None:
+        """Fail on bad settings (`peft`: the conf/peft name, full or lora) before any weights are loaded
+        or data generated."""
 
-    def auxiliary(self, count: int, ctx: MixContext) -> tuple[list[Dialogue], dict]:
+    def rewrite(self, task: list[Dialogue], ctx: MethodContext) -> tuple[list[Dialogue], dict]:
+        """The task's training dialogues as this method trains on them; by default unchanged."""
+        return task, {}
+
+    def auxiliary(self, count: int, ctx: MethodContext) -> tuple[list[Dialogue], dict]:
         """`count` dialogues to mix with the task data, and statistics about them."""
         return [], {}
 
     def select_trainable(self, model) -> None:
         """Mark what trains; by default everything does."""
+
+    def penalty(self, model, ctx: MethodContext):
+        """A callable `model -> scalar tensor` added to the training loss, or None. Called
+        once the trainable set (and any LoRA adapters) is final, before training starts."""
+        return None
 
 
 class TaskOnly(Method):
@@ -81,7 +105,7 @@ class Freeze(Method):
                               f"has only {n_layers} layers")
         return n_layers - self.trainable_layers
 
-    def check(self, model_config) -> None:
+    def check(self, model_config, peft: str = "full") -> None:
         self.n_frozen(model_config.num_hidden_layers)
 
     def select_trainable(self, model) -> None:
@@ -138,10 +162,10 @@ class ExternalMix(Method):
                             f"'response'); columns: {corpus.column_names}")
         return corpus
 
-    def check(self, model_config) -> None:
+    def check(self, model_config, peft: str = "full") -> None:
         self._corpus = self._load()
 
-    def auxiliary(self, count: int, ctx: MixContext) -> tuple[list[Dialogue], dict]:
+    def auxiliary(self, count: int, ctx: MethodContext) -> tuple[list[Dialogue], dict]:
         corpus = self._corpus if self._corpus is not None else self._load()
         if count > len(corpus):
             raise ConfigError(f"mix_ratio asks for {count} external dialogues, but "
@@ -155,12 +179,126 @@ class ExternalMix(Method):
         return dialogues, {"corpus": self.source}
 
 
+class Replay(ExternalMix):
+    """Task data plus the base model's own training data at mix_ratio: the oracle SA-SFT
+    approximates without access to that data. The toy world has it (the toy models'
+    pretraining dialogues); for a real model, a corpus of its training data is the user's to
+    name (`corpus_file` or `corpus_hub_id`), as for ext_mix."""
+
+    def __init__(self, mix_ratio: float, name: str = "replay", **corpus):
+        super().__init__(mix_ratio, name=name, **corpus)
+
+
 class SelfDialogueMix(Method):
     """SA-SFT: task data plus the base model's own self-dialogues, generated before training."""
 
     def __init__(self, mix_ratio: float, name: str = "sasft"):
         self.name, self.mix_ratio = name, mix_ratio
 
-    def auxiliary(self, count: int, ctx: MixContext) -> tuple[list[Dialogue], dict]:
+    def auxiliary(self, count: int, ctx: MethodContext) -> tuple[list[Dialogue], dict]:
         return cached_self_dialogues(ctx.model, ctx.tokenizer, count, ctx.generation, ctx.seed,
                                      ctx.fingerprint, ctx.cache_dir)
+
+
+def final_answer(text: str, spec: dict) -> str:
+    """What the task's test compares in `text`, as its lm-eval filters and exact match do: the
+    `answer_regex` match (lm-eval's regex filter: the `group_select`-th match, its first
+    non-empty group), else the reply; then `regexes_to_ignore` removed and case folded if set."""
+    if spec["answer_regex"]:
+        found = re.findall(spec["answer_regex"], text)
+        if not found:
+            return ""
+        match = found[spec["group_select"]] if -len(found) <= spec["group_select"] < len(found) \
+            else found[0]
+        if isinstance(match, tuple):
+            match = next((m for m in match if m), "")
+        text = match
+    text = text.strip()
+    for pattern in spec["regexes_to_ignore"]:
+        text = re.sub(pattern, "", text)
+    return text.lower() if spec["ignore_case"] else text
+
+
+class SelfDistillation(Method):
+    """sdft (sail-sg/sdft): the base model rewrites each task response in its own words, given
+    the reference, and trains on the rewrites. A rewrite the task's own test would no longer
+    score as the reference (`final_answer` differs), or one cut at `max_new_tokens`, falls back
+    to the original. Tasks scored by overlap (ROUGE-L, chrF) have no answer to check: their
+    rewrites are kept whenever complete. Rewrites are greedy and cached by model, template,
+    length and the task data."""
+
+    def __init__(self, template: str, max_new_tokens: int = 256, batch_size: int = 16,
+                 name: str = "sdft"):
+        if "{prompt}" not in template or "{response}" not in template:
+            raise ConfigError("method.template must contain {prompt} and {response}")
+        self.name, self.template = name, template
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+
+    def rewrite(self, task: list[Dialogue], ctx: MethodContext) -> tuple[list[Dialogue], dict]:
+        spec = benchmark_spec(ctx.benchmark)
+        checked = (spec["metric"] or "exact_match") == "exact_match"
+        settings = {"template": self.template, "max_new_tokens": self.max_new_tokens}
+        path = Path(ctx.cache_dir) / "rewrites" / f"{cache.key([ctx.fingerprint, settings, task])}.json"
+
+        def make() -> dict:
+            return {"rewrites": self._generate(task, ctx), "model": ctx.fingerprint, **settings}
+
+        made, _ = cache.once(path, make, cache.publish_json, read=lambda p: json.loads(p.read_text()))
+        out, kept, wrong = [], 0, 0
+        for dialogue, text in zip(task, made["rewrites"]):
+            reference = dialogue[-1]["content"]
+            ok = text is not None and (not checked or (final_answer(text, spec) ==
+                                                       final_answer(reference, spec)))
+            wrong += text is not None and not ok
+            kept += ok
+            out.append(dialogue[:-1] + [{"role": "assistant", "content": text if ok else reference}])
+        return out, {"rewritten": kept, "fell_back_wrong": wrong,
+                     "fell_back_truncated": sum(t is None for t in made["rewrites"]),
+                     "answers_checked": checked}
+
+    def _generate(self, task: list[Dialogue], ctx: MethodContext) -> list[str | None]:
+        greedy = OmegaConf.create({"temperature": 0.0, "top_p": 1.0, "top_k": 0,
+                                   "max_new_tokens": self.max_new_tokens})
+        prompts = [ctx.tokenizer.apply_chat_template(
+            [*d[:-2], {"role": "user", "content": self.template.format(
+                prompt=d[-2]["content"], response=d[-1]["content"])}],
+            tokenize=False, add_generation_prompt=True) for d in task]
+        texts = []
+        for start in range(0, len(prompts), self.batch_size):
+            texts += complete(ctx.model, ctx.tokenizer, prompts[start:start + self.batch_size],
+                              greedy)
+        return texts
+
+
+class L2Base(Method):
+    """L2-SP: `strength * ||theta - theta0||^2` on the trainable parameters (sasft/penalty.py)."""
+
+    def __init__(self, strength: float, name: str = "l2_base"):
+        self.name, self.strength = name, strength
+
+    def penalty(self, model, ctx: MethodContext):
+        return WeightPenalty(model, self.strength)
+
+
+class Ewc(Method):
+    """EWC: L2-SP weighted by the base model's diagonal Fisher, estimated on `fisher_dialogues`
+    of its own self-dialogues (generated with conf/generation, cached like sasft's)."""
+
+    def __init__(self, strength: float, fisher_dialogues: int = 64, name: str = "ewc"):
+        self.name, self.strength, self.fisher_dialogues = name, strength, fisher_dialogues
+
+    def check(self, model_config, peft: str = "full") -> None:
+        if peft == "lora":
+            raise ConfigError(f"method=ewc with peft={peft}: EWC weighs the change of the base "
+                              "weights by their Fisher information, and LoRA leaves those "
+                              "frozen; use method=l2_base with LoRA, or peft=none")
+
+    def penalty(self, model, ctx: MethodContext):
+        dialogues, _ = dist.on_main(cached_self_dialogues, ctx.model, ctx.tokenizer,
+                                    self.fisher_dialogues, ctx.generation, FISHER_SEED,
+                                    ctx.fingerprint, ctx.cache_dir)
+        fisher = diagonal_fisher(model, ctx.tokenizer, dialogues, ctx.max_seq_len)
+        return WeightPenalty(model, self.strength, fisher)
+
+
+FISHER_SEED = 1_000_033  # not a training seed: EWC's dialogues are not the ones sasft mixes in

@@ -1,6 +1,7 @@
 """One experiment, top to bottom: check -> load model -> build the data mix -> train ->
-evaluate -> record. Every method runs this same function; a method only changes the mix or
-what is trainable. Works with or without Hydra: pass any config composed from `conf/`.
+evaluate -> record. Every method runs this same function; a method only changes what its hooks
+return (sasft/method.py: the task data, the mix, what is trainable, a loss term). Works with or
+without Hydra: pass any config composed from `conf/`.
 Under torchrun every rank runs it; the work around training runs once (sasft/dist.py)."""
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from . import dist, record
 from .peft import apply_peft
 from .config import ConfigError, resolved, validate
 from .data import build_mix, read_jsonl, token_length, write_jsonl
-from .evaluate import cached_base_scores, evaluate
-from .method import MixContext
+from .evaluate import benchmark_prompts, cached_base_scores, evaluate, evaluate_items, forgotten
+from .generation import cached_self_dialogues
+from .kl import KL_SEED, KLProbe
+from .method import MethodContext
 from .model import fingerprint, inspect_model, load_model
 from .rundir import identity, identity_hash, variant
 from .schema import benchmark_spec
@@ -65,14 +68,33 @@ def count_truncated(tokenizer, task: Task, max_seq_len: int) -> dict:
     return {"examples": len(lengths), "cut": cut, "longest": max(lengths)}
 
 
-def data_mix(cfg: DictConfig, method, task: Task, model, tokenizer, model_id: str
+def method_context(cfg: DictConfig, model, tokenizer, model_id: str, task: Task) -> MethodContext:
+    return MethodContext(model, tokenizer, cfg.generation, model_id, Path(cfg.cache_dir),
+                         cfg.seed, task.benchmark, cfg.train.max_seq_len)
+
+
+def data_mix(cfg: DictConfig, method, task: Task, ctx: MethodContext
              ) -> tuple[list[dict], list, dict]:
-    """The training set: the task's dialogues and the method's auxiliary ones (made once, on
-    rank 0), shuffled together; and the auxiliary dialogues with their statistics."""
+    """The training set: the task's dialogues as the method trains on them and its auxiliary
+    ones (both made once, on rank 0), shuffled together; the auxiliary dialogues; statistics."""
     n_aux = round(method.mix_ratio * len(task.train)) if method.mixes_data else 0
-    ctx = MixContext(model, tokenizer, cfg.generation, model_id, Path(cfg.cache_dir), cfg.seed)
+    train_task, rewrite_stats = dist.on_main(method.rewrite, task.train, ctx)
     auxiliary, stats = dist.on_main(method.auxiliary, n_aux, ctx)
-    return build_mix(task.train, auxiliary, seed=cfg.seed), auxiliary, stats
+    if rewrite_stats:
+        stats = {**stats, "rewrite": rewrite_stats}
+    return build_mix(train_task, auxiliary, seed=cfg.seed), auxiliary, stats
+
+
+def kl_probe(cfg: DictConfig, model, tokenizer, model_id: str, benchmarks: dict) -> KLProbe | None:
+    """The fixed sets KL(base || current) is measured on during training (sasft/kl.py)."""
+    if not (cfg.eval.kl_dialogues or cfg.eval.kl_prompts):
+        return None
+    dialogues, _ = cached_self_dialogues(model, tokenizer, cfg.eval.kl_dialogues, cfg.generation,
+                                         KL_SEED, model_id, cfg.cache_dir)
+    general = {n: s for n, s in benchmarks.items() if n != cfg.task.name}
+    prompts = benchmark_prompts(general, tokenizer.eos_token, cfg.eval.kl_prompts) \
+        if cfg.eval.kl_prompts else []
+    return KLProbe(model, tokenizer, dialogues, prompts, cfg.train.max_seq_len)
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
@@ -92,7 +114,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
         if spec["file"]:
             read_jsonl(spec["file"])
     model_config, tokenizer = inspect_model(cfg.model)
-    method.check(model_config)
+    method.check(model_config, cfg.peft.name)
     truncation = count_truncated(tokenizer, task, cfg.train.max_seq_len)
     set_seed(cfg.seed)
 
@@ -103,37 +125,45 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     with _timed(timings, "base_eval"):
         base, computed = dist.on_main(cached_base_scores, model, tokenizer, benchmarks, cfg.eval,
                                       model_id, cfg.cache_dir)
+        probe = dist.on_main(kl_probe, cfg, model, tokenizer, model_id, benchmarks)
 
-    # 3. The data mix: task data plus the method's auxiliary dialogues.
+    # 3. The data mix: the task data as the method trains on it, plus its auxiliary dialogues.
+    ctx = method_context(cfg, model, tokenizer, model_id, task)
     with _timed(timings, "auxiliary_data"):
-        mix, auxiliary, aux_stats = data_mix(cfg, method, task, model, tokenizer, model_id)
+        mix, auxiliary, aux_stats = data_mix(cfg, method, task, ctx)
     if dist.is_main():
         write_jsonl(run_dir / "auxiliary_sample.jsonl",
                     [{"messages": d} for d in auxiliary[: cfg.generation.sample_size]])
     log.info("mix: %d task + %d %s dialogues", len(task.train), len(auxiliary), method.name)
 
-    # 4. Train: the method decides what is trainable; everything else is shared.
+    # 4. Train: the method decides what is trainable and any loss term; the rest is shared.
     method.select_trainable(model)
     model = apply_peft(model, cfg.peft, method)  # LoRA adapters, if any, where it trains
+    penalty = method.penalty(model, ctx)
     in_domain = {cfg.task.name: benchmarks[cfg.task.name]}
 
-    def in_domain_eval(m) -> float:  # the paper's Figure 3: in-domain score during training
-        return dist.on_main(evaluate, m, tokenizer, in_domain, cfg.eval)[cfg.task.name]
+    def periodic_eval(m) -> dict[str, float]:  # Figure 3's in-domain score, and the KL
+        def measure():
+            return {"in_domain": evaluate(m, tokenizer, in_domain, cfg.eval)[cfg.task.name],
+                    **(probe(m) if probe else {})}
+        return dist.on_main(measure)
 
     with _timed(timings, "train"):
         history = train(model, tokenizer, mix, cfg.train, run_dir, cfg.seed,
-                        in_domain_eval=in_domain_eval, callbacks=callbacks)
+                        periodic_eval=periodic_eval, penalty=penalty, callbacks=callbacks)
     if cfg.train.save_model and dist.is_main():
         model.save_pretrained(run_dir / "model")
         tokenizer.save_pretrained(run_dir / "model")
 
-    # 5. Evaluate the fine-tuned model on the same benchmarks.
+    # 5. Evaluate the fine-tuned model on the same benchmarks, keeping each item's answer.
     with _timed(timings, "final_eval"):
-        final = dist.on_main(evaluate, model, tokenizer, benchmarks, cfg.eval)
+        final = dist.on_main(evaluate_items, model, tokenizer, benchmarks, cfg.eval)
 
     # 6. Record, last of all: results.json exists only for a complete run.
     timings["total"] = round(time.perf_counter() - start, 2)
     scores = record.score_table(base, final, kinds)
+    examples = [{"benchmark": name, **row} for name, kind in kinds.items() if kind == "general"
+                for row in forgotten(base[name]["items"], final[name]["items"], cfg.eval.examples)]
     method_params = {k: v for k, v in resolved(cfg.method).items() if k not in ("_target_", "name")}
     results = {
         "run": {"model": cfg.model.name, "task": cfg.task.name, "method": method.name,
@@ -145,12 +175,16 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
         "summary": record.summarize(scores),
         "mix": {"task": len(task.train), "auxiliary": len(auxiliary), "auxiliary_stats": aux_stats,
                 "task_truncated": truncation, "base_scores_computed": computed},
-        "history": [{"step": 0, "eval_in_domain": base[cfg.task.name]}, *history],
+        "items": record.item_scores(base, final),
+        "history": [{"step": 0, "epoch": 0.0, "eval_in_domain": base[cfg.task.name]["score"],
+                     **({"eval_kl_self": 0.0, "eval_kl_prompts": 0.0} if probe else {})},
+                    *history],
         "identity": fields,
         "config": resolved(cfg),
         "timings": timings,
         "versions": record.versions(),
     }
     if dist.is_main():  # under torchrun/accelerate, one writer
+        write_jsonl(run_dir / record.EXAMPLES_FILE, examples)
         record.write_results(run_dir, results)
     return results

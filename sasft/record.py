@@ -1,24 +1,33 @@
 """`results.json`: the record of one finished run, and the interface that sweeps, reports and
 W&B build on. Written atomically, and only when the run is complete.
 
-Schema (version 2; version 1 had no identity and gave every method a mix_ratio):
+Schema (version 3; 2 had no chance, items or KL; 1 had no identity and gave every method a
+mix_ratio):
     {
-      "schema": 2,
+      "schema": 3,
       "run":    {"model", "task", "method" (the conf/method option), "method_params",
                  "mix_ratio" (null for methods that mix nothing), "mixes_data", "seed", "peft",
                  "identity" (hash of the identity, in the run directory's name),
                  "variant" (hash of the identity without the seed)},
-      "scores": {"<benchmark>": {"base", "final", "delta", "kind": "in_domain" | "general"}},
+      "scores": {"<benchmark>": {"base", "final", "delta", "kind": "in_domain" | "general",
+                                 "chance" (guessing's score, or null where unknown)}},
+      "items":  {"<benchmark>": {"base": [score per test item], "final": [...]}},  # same items,
+                # in test order: paired bootstrap intervals (null where the metric has no
+                # per-item score, chrF)
       "summary": {"in_domain_base", "in_domain_final", "in_domain_delta",
                   "general_base", "general_final", "general_delta"},   # general: mean over skills
       "mix":    {"task": n, "auxiliary": n, "auxiliary_stats": {...},
                  "task_truncated": {"examples", "cut", "longest"}},   # by train.max_seq_len
-      "history": [...],   # the Trainer's log history (loss, learning rate, in-domain evals)
+      "history": [...],   # the Trainer's log history: loss (and a method's penalty), learning
+                          # rate; at each periodic evaluation eval_in_domain and, when measured,
+                          # eval_kl_self / eval_kl_prompts (sasft/kl.py); step 0 is the base
       "identity": {...},  # {dotted field: value}: what the run is (sasft/rundir.py)
       "config": {...},    # the resolved Hydra config
       "timings": {"<stage>": seconds, "total": seconds},
       "versions": {"<package>": "<version>"}
     }
+Beside it, `forgetting_examples.jsonl`: items of each general benchmark that the base model
+answered right and the fine-tuned one wrong, both answers side by side.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from statistics import fmean
 from .cache import publish_json
 
 RESULTS_FILE = "results.json"
-SCHEMA_VERSION = 2
+EXAMPLES_FILE = "forgetting_examples.jsonl"
+SCHEMA_VERSION = 3
 _PACKAGES = ("sasft", "torch", "transformers", "peft", "lm_eval", "hydra-core", "datasets",
              "accelerate", "wandb", "submitit")
 
@@ -46,12 +56,27 @@ def versions() -> dict[str, str]:
     return found
 
 
-def score_table(base: dict[str, float], final: dict[str, float], kinds: dict[str, str]) -> dict:
+def score_table(base: dict[str, dict], final: dict[str, dict], kinds: dict[str, str]) -> dict:
+    """Scores from the base and final results of sasft.evaluate.evaluate_items."""
     return {
-        name: {"base": base[name], "final": final[name], "delta": final[name] - base[name],
-               "kind": kinds[name]}
+        name: {"base": base[name]["score"], "final": final[name]["score"],
+               "delta": final[name]["score"] - base[name]["score"], "kind": kinds[name],
+               "chance": base[name]["chance"]}
         for name in kinds
     }
+
+
+def item_scores(base: dict[str, dict], final: dict[str, dict]) -> dict:
+    """Per-item scores of the same test items before and after, or None for a benchmark
+    without them."""
+    out = {}
+    for name in base:
+        before, after = base[name]["items"], final[name]["items"]
+        same = before and after and [(i["task"], i["doc_id"]) for i in before] == \
+            [(i["task"], i["doc_id"]) for i in after]
+        out[name] = {"base": [i["score"] for i in before],
+                     "final": [i["score"] for i in after]} if same else None
+    return out
 
 
 def summarize(scores: dict) -> dict:

@@ -33,6 +33,16 @@ WORLDS = ("toy", "real")
 
 
 @dataclass
+class GgufSchema:
+    """A GGUF file shipped inside an installed Python package (sasft/model.py converts it)."""
+
+    package: str = MISSING   # the importable package that holds the file
+    file: str = MISSING      # the file's name inside the package
+    install: str = MISSING   # the command that installs what is missing (said in the error)
+    cache_dir: str = MISSING  # the converted checkpoint goes under <cache_dir>/models/
+
+
+@dataclass
 class ModelSchema:
     name: str = MISSING
     world: str = limits(choices=WORLDS)
@@ -45,6 +55,7 @@ class ModelSchema:
     gradient_checkpointing: bool = MISSING
     trust_remote_code: bool = MISSING
     toy: Optional[Any] = None  # the toy models' architecture and pretraining (sasft/toy/build.py)
+    gguf: Optional[GgufSchema] = None  # a GGUF file in an installed package (sasft/model.py)
 
 
 @dataclass
@@ -62,6 +73,9 @@ class BenchmarkSchema:
     ignore_case: bool = False
     num_fewshot: Optional[int] = limits(None, min=0)
     max_gen_toks: int = limits(64, min=1)
+    # The score of guessing, where the test has one (a yes/no task: 0.5); multiple choice is
+    # computed from its choices. Runs not clearly above it "did not learn the task".
+    chance: Optional[float] = limits(None, min=0.0, max=1.0)
 
 
 @dataclass
@@ -104,6 +118,23 @@ class FreezeSchema(MethodSchema):
     trainable_layers: Optional[int] = limits(None, min=0)
     frozen_fraction: Optional[float] = limits(None, min=0.0, max=1.0)
     freeze_embeddings: bool = True
+
+
+@dataclass
+class SdftSchema(MethodSchema):
+    template: str = MISSING
+    max_new_tokens: int = limits(min=1)
+    batch_size: int = limits(min=1)
+
+
+@dataclass
+class PenaltySchema(MethodSchema):
+    strength: float = limits(min=0.0)
+
+
+@dataclass
+class EwcSchema(PenaltySchema):
+    fisher_dialogues: int = limits(min=1)
 
 
 @dataclass
@@ -163,6 +194,11 @@ class EvalSchema:
     # {name: benchmark}, each checked against BenchmarkSchema by `check`. Untyped here so that a
     # benchmark can be added from the command line: +eval.general.hellaswag='{lm_eval_task: ...}'.
     general: dict[str, Any] = field(default_factory=dict)
+    # KL(base || current) at each periodic evaluation (sasft/kl.py): held-out self-dialogues,
+    # and questions per general benchmark; 0 measures none.
+    kl_dialogues: int = limits(0, min=0)
+    kl_prompts: int = limits(0, min=0)
+    examples: int = limits(5, min=0)  # forgotten items kept per general benchmark
 
 
 @dataclass
@@ -216,7 +252,8 @@ class RootSchema:
 GROUPS = {"model": ModelSchema, "task": TaskSchema, "train": TrainSchema, "peft": PeftSchema,
           "eval": EvalSchema, "generation": GenerationSchema, "wandb": WandbSchema,
           "method/task_only": MethodSchema, "method/freeze": FreezeSchema,
-          "method/mixing": MixingSchema, "method/ext_mix": ExternalMixSchema}
+          "method/mixing": MixingSchema, "method/ext_mix": ExternalMixSchema,
+          "method/sdft": SdftSchema, "method/l2_base": PenaltySchema, "method/ewc": EwcSchema}
 
 
 def register() -> None:

@@ -36,18 +36,20 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 class SFTTrainer(Trainer):
-    """The Trainer, with three changes: it stops at once on a non-finite loss instead of
+    """The Trainer, with four changes: it stops at once on a non-finite loss instead of
     training on garbage; its periodic evaluation is the in-domain benchmark through
-    lm-eval (the paper's Figure 3), logged like any metric: to the history and to trackers;
-    and its length-grouped batch order is seeded per epoch, so that a run resumed from a
-    checkpoint trains on the same batches as an uninterrupted one."""
+    lm-eval (the paper's Figure 3) and the KL from the base (sasft/kl.py), logged like any
+    metric: to the history and to trackers; a method's penalty, if any, is added to the loss
+    (and logged as `penalty`); and its length-grouped batch order is seeded per epoch, so that
+    a run resumed from a checkpoint trains on the same batches as an uninterrupted one."""
 
-    def __init__(self, *args, in_domain_eval=None, **kwargs):
+    def __init__(self, *args, periodic_eval=None, penalty=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.in_domain_eval = in_domain_eval
+        self.periodic_eval, self.penalty = periodic_eval, penalty
+        self._penalties: list[float] = []
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        metrics = {f"{metric_key_prefix}_in_domain": self.in_domain_eval(self.model)}
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in self.periodic_eval(self.model).items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control,
                                                          metrics)
@@ -59,6 +61,29 @@ class SFTTrainer(Trainer):
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             sampler = EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
         return sampler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.penalty is None or not model.training:
+            return out
+        penalty = self.penalty(model)
+        self._penalties.append(penalty.item())
+        # The Trainer divides the loss by the accumulation steps unless the model already
+        # normalised it over the whole accumulated batch; the penalty is owed once per step.
+        scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+            or self.compute_loss_func is not None)
+        if scaled:
+            penalty = penalty / self.current_gradient_accumulation_steps
+        if return_outputs:
+            return out[0] + penalty, out[1]
+        return out + penalty
+
+    def log(self, logs, *args, **kwargs):
+        if self._penalties and "loss" in logs:
+            logs = {**logs, "penalty": sum(self._penalties) / len(self._penalties)}
+            self._penalties.clear()
+        super().log(logs, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -133,13 +158,14 @@ def last_checkpoint(output_dir: Path) -> str | None:
 
 
 def train(model, tokenizer, mix: list[dict], cfg, output_dir: Path, seed: int,
-          in_domain_eval=None, callbacks: list[TrainerCallback] = ()) -> list[dict]:
+          periodic_eval=None, penalty=None, callbacks: list[TrainerCallback] = ()) -> list[dict]:
     """Fine-tune `model` in place on `mix`, resuming from this run's last checkpoint if a
-    previous attempt left one; returns the Trainer's log history. `in_domain_eval(model)`,
-    if given, is scored every `cfg.eval_every_steps` steps."""
+    previous attempt left one; returns the Trainer's log history. `periodic_eval(model)`, if
+    given, returns {name: value} every `cfg.eval_every_steps` steps (logged as eval_<name>);
+    `penalty(model)`, if given, is added to the loss."""
     dataset = tokenized_dataset(tokenizer, mix, cfg.max_seq_len)
     args = training_arguments(cfg, output_dir, seed, use_cpu=not torch.cuda.is_available(),
-                              evaluate=in_domain_eval is not None)
+                              evaluate=periodic_eval is not None)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -148,7 +174,8 @@ def train(model, tokenizer, mix: list[dict], cfg, output_dir: Path, seed: int,
         eval_dataset=dataset.select(range(1)) if args.eval_strategy != "no" else None,
         data_collator=train_collator(tokenizer, cfg),
         callbacks=list(callbacks),
-        in_domain_eval=in_domain_eval,
+        periodic_eval=periodic_eval,
+        penalty=penalty,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
     history = trainer.state.log_history

@@ -18,13 +18,19 @@ from tests.conftest import compose_config
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("method", ["task_only", "freeze", "ext_mix", "sasft"])
+MIXING = ("ext_mix", "replay", "sasft")
+
+
+@pytest.mark.parametrize("method", ["task_only", "freeze", "ext_mix", "replay", "sdft",
+                                    "l2_base", "ewc", "sasft"])
 def test_every_method_runs_end_to_end(make_cfg, tmp_path, method):
-    cfg = make_cfg(f"method={method}", "mix_ratio=0.5")
+    cfg = make_cfg(f"method={method}", "mix_ratio=0.5", "train.eval_every_steps=2")
+    if method == "ewc":
+        cfg.method.fisher_dialogues = 4
     results = run_experiment(cfg, tmp_path / "run")
 
     on_disk = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
-    mixes = method in ("ext_mix", "sasft")
+    mixes = method in MIXING
     run = dict(on_disk["run"])
     assert len(run.pop("identity")) == len(run.pop("variant")) == 8
     params = run.pop("method_params")
@@ -38,14 +44,31 @@ def test_every_method_runs_end_to_end(make_cfg, tmp_path, method):
     kinds = {name: s["kind"] for name, s in on_disk["scores"].items()}
     assert kinds == {"parity": "in_domain", "legs": "general", "colors": "general",
                      "opposites": "general", "capitals": "general"}
-    for s in on_disk["scores"].values():
+    for name, s in on_disk["scores"].items():
         assert 0.0 <= s["base"] <= 1.0 and 0.0 <= s["final"] <= 1.0
         assert s["delta"] == pytest.approx(s["final"] - s["base"])
-    expected_aux = 12 if method in ("ext_mix", "sasft") else 0
+        items = on_disk["items"][name]  # the same 8 items before and after, each scored
+        assert len(items["base"]) == len(items["final"]) == 8
+        assert sum(items["final"]) / 8 == pytest.approx(s["final"])
+    # Chance: parity is odd/even; capitals is multiple choice (its choices give it).
+    assert on_disk["scores"]["parity"]["chance"] == 0.5
+    assert 0 < on_disk["scores"]["capitals"]["chance"] < 1
+    assert on_disk["scores"]["legs"]["chance"] is None
+    evals = [h for h in on_disk["history"] if "eval_in_domain" in h]
+    assert evals[0] == {"step": 0, "epoch": 0.0, "eval_in_domain": s_base(on_disk),
+                        "eval_kl_self": 0.0, "eval_kl_prompts": 0.0}
+    assert len(evals) >= 2 and all(h["eval_kl_prompts"] > 0 for h in evals[1:])
+    if method in ("l2_base", "ewc"):
+        assert all(h["penalty"] >= 0 for h in on_disk["history"] if "loss" in h)
+    expected_aux = 12 if mixes else 0
     assert results["mix"]["task"] == 24
     assert results["mix"]["auxiliary"] == expected_aux
     losses = [h["loss"] for h in results["history"] if "loss" in h]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+def s_base(results: dict) -> float:
+    return results["scores"]["parity"]["base"]
 
 
 def test_self_dialogues_are_cached_and_reused(make_cfg, tmp_path, monkeypatch):

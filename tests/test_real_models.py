@@ -388,7 +388,7 @@ def score(tmp_path, task: str, items: list[tuple[dict, str]], **spec_overrides) 
     prompts = [r["prompt"] for r in read_jsonl(spec["file"])]
     lm = ScriptedLM(dict(zip(prompts, [reply for _, reply in items])))
     eval_cfg = OmegaConf.create({"limit": None, "seed": 0})
-    return run_benchmarks(lm, {task: spec}, eval_cfg, eos="<|end|>")[task]
+    return run_benchmarks(lm, {task: spec}, eval_cfg, eos="<|end|>")[task]["score"]
 
 
 def _gsm8k(question: str, answer: str) -> dict:
@@ -439,8 +439,11 @@ def test_multiple_choice_benchmark_scores_by_likelihood(tmp_path):
     spec = {"file": str(_write(tmp_path / "mc.jsonl", [{**i, "response": "x"} for i in items])),
             "output_type": "multiple_choice"}
     eval_cfg = OmegaConf.create({"limit": None, "seed": 0})
-    assert run_benchmarks(ScriptedLM({}), {"capitals": spec}, eval_cfg, "<|end|>") == {
-        "capitals": 1.0}
+    result = run_benchmarks(ScriptedLM({}), {"capitals": spec}, eval_cfg, "<|end|>")["capitals"]
+    # Chance: one in two for the first question, one in three for the second.
+    assert result["score"] == 1.0 and result["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert [(i["answer"], i["target"], i["score"]) for i in result["items"]] == [
+        ("Zot", "Zot", 1.0), ("Pim", "Pim", 1.0)]
 
 
 def test_per_benchmark_num_fewshot_reaches_lm_eval(tmp_path):
@@ -451,7 +454,8 @@ def test_per_benchmark_num_fewshot_reaches_lm_eval(tmp_path):
         cfg.task.train_file = cfg.task.test_file = str(_write(tmp_path / "d.jsonl", records))
     spec = dict(benchmarks_of(cfg, load_task(cfg.task))[0]["medtext"], num_fewshot=2)
     objects, names = build_tasks({"medtext": spec}, eos="<|end|>")
-    assert objects[0].get_config("num_fewshot") == 2 and names == {"medtext": "sasft_medtext"}
+    assert objects[0].get_config("num_fewshot") == 2
+    assert names["medtext"][0] == "sasft_medtext" and list(names["medtext"][1]) == ["sasft_medtext"]
     lm = ScriptedLM({r["prompt"]: "x" for r in read_jsonl(spec["file"])})
     run_benchmarks(lm, {"medtext": spec}, OmegaConf.create({"limit": 1, "seed": 0}), "<|end|>")
     # Two solved examples as earlier chat turns, then the question: 5 messages.
@@ -548,7 +552,7 @@ def test_ext_mix_draws_from_ultrachat_on_the_hub(monkeypatch):
     import datasets
     from hydra.utils import instantiate
 
-    from sasft.method import MixContext
+    from sasft.method import MethodContext
 
     rows = [{"prompt": f"q{i}", "prompt_id": str(i),
              "messages": [{"role": "user", "content": f"q{i}"},
@@ -564,11 +568,11 @@ def test_ext_mix_draws_from_ultrachat_on_the_hub(monkeypatch):
     assert toy.corpus_file.endswith("toy/data/external_chat.jsonl")  # the toy default stays
     method = instantiate(compose_config(["method=ext_mix_ultrachat"]).method)
     method.check(model_config=None)
-    dialogues, stats = method.auxiliary(5, MixContext(None, None, None, "fp", Path("."), seed=0))
+    dialogues, stats = method.auxiliary(5, MethodContext(None, None, None, "fp", Path("."), seed=0))
     assert calls == [("HuggingFaceH4/ultrachat_200k", None, "train_sft", None)]
     assert stats == {"corpus": "HuggingFaceH4/ultrachat_200k[train_sft]"}
     assert len(dialogues) == 5 and all(d[0]["content"][0] == "q" for d in dialogues)
-    assert method.auxiliary(5, MixContext(None, None, None, "fp", Path("."), seed=0))[0] == dialogues
+    assert method.auxiliary(5, MethodContext(None, None, None, "fp", Path("."), seed=0))[0] == dialogues
 
 
 # ------------------------------------------------------------- every method, full FT or LoRA

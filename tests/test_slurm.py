@@ -394,12 +394,14 @@ def test_failed_base_scoring_leaves_no_scores_and_is_redone(tmp_path, monkeypatc
     def broken(model, tokenizer, todo, cfg):
         raise RuntimeError("killed during lm-eval")
 
-    monkeypatch.setattr(evaluate, "evaluate", broken)
+    monkeypatch.setattr(evaluate, "evaluate_items", broken)
     with pytest.raises(RuntimeError):
         evaluate.cached_base_scores(None, None, benchmarks, eval_cfg, "fp", tmp_path)
     assert list((tmp_path / "base_scores").glob("*.json")) == []
 
-    monkeypatch.setattr(evaluate, "evaluate", lambda m, t, todo, cfg: {n: 0.5 for n in todo})
+    result = {"score": 0.5, "chance": None, "items": None}
+    monkeypatch.setattr(evaluate, "evaluate_items", lambda m, t, todo, cfg: {n: result for n in todo})
     scores, computed = evaluate.cached_base_scores(None, None, benchmarks, eval_cfg, "fp", tmp_path)
-    assert scores == {"a": 0.5, "b": 0.5} and computed == ["a", "b"]
+    assert {n: s["score"] for n, s in scores.items()} == {"a": 0.5, "b": 0.5}
+    assert computed == ["a", "b"]
     assert evaluate.cached_base_scores(None, None, benchmarks, eval_cfg, "fp", tmp_path)[1] == []

@@ -30,8 +30,10 @@ DATA_DIR = TOY_DIR / "data"
 
 
 def write_data(data_dir: Path = DATA_DIR, seed: int = 0, n_train: int = 500, n_test: int = 100,
-               n_benchmark: int = 100, n_external: int = 5000) -> None:
-    """Task splits, general-skill benchmarks and the external chat corpus, as JSONL."""
+               n_benchmark: int = 100, n_external: int = 5000, n_replay: int = 5000) -> None:
+    """Task splits, general-skill benchmarks, the external chat corpus and the replay corpus
+    (the first pretraining dialogues of the toy models, whose conf/model pretrain.seed is 0),
+    as JSONL."""
     for i, (name, skill) in enumerate(world.TASKS.items()):
         train, test = world.split_examples(skill, n_train, n_test, seed=seed + 100 + i)
         write_jsonl(data_dir / "tasks" / name / "train.jsonl", train)
@@ -40,6 +42,8 @@ def write_data(data_dir: Path = DATA_DIR, seed: int = 0, n_train: int = 500, n_t
         items = world.benchmark_examples(skill, n_benchmark, seed=seed + 200 + i)
         write_jsonl(data_dir / "general" / f"{name}.jsonl", items)
     write_jsonl(data_dir / "external_chat.jsonl", world.external_dialogues(n_external, seed + 300))
+    write_jsonl(data_dir / "pretraining_chat.jsonl",
+                [{"messages": d} for d in world.pretraining_dialogues(n_replay, seed=0)])
 
 
 def pretrain(model_cfg, out_dir: Path) -> Path:
