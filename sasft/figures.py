@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +17,7 @@ FIG2, FIG3 = "fig2_mix_ratio.png", "fig3_in_domain_steps.png"
 
 
 FIG_LAYERS, FIG_SCATTER = "fig_drift_layers.png", "fig_drift_scatter.png"
+FIG_PLANE = "fig_plane.png"  # and fig_plane_<model>.png; fig_kl_<method>.png per method
 
 
 def pyplot():
@@ -27,10 +29,17 @@ def pyplot():
     return plt
 
 
+# Baselines in blue, orange and green (lighter for their second variant), the defences in
+# purple, brown, pink and olive, SA-SFT in red; gray is the base model's.
+COLORS = dict(zip(METHOD_ORDER, ("tab:blue", "tab:orange", "#ffbb78", "tab:green", "#98df8a",
+                                 "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:red")))
+
+
 def color(label: str) -> str:
-    """One colour per method (and variant) in every figure."""
-    known = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}
-    return known.get(label, f"C{(len(METHOD_ORDER) + sum(map(ord, label))) % 10}")
+    """One colour per method in every figure; a variant of a method gets a shade of tab20."""
+    if label in COLORS:
+        return COLORS[label]
+    return pyplot().get_cmap("tab20")(sum(map(ord, label)) % 20)
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -94,49 +103,172 @@ def figure2(runs: list[Run], out_dir: Path) -> tuple[Path | None, str]:
     return save_figure(fig, out_dir / FIG2), ""
 
 
-def in_domain_curve(runs: list[Run]) -> list[tuple[int, Stat]]:
-    """(step, Stat over seeds) of the in-domain score logged during training."""
+AXES = {"steps": ("step", "training step"),
+        "epochs": ("epoch", "epoch (passes over the task data)")}
+# Epochs by default: every method passes over the task data the same number of times, while a
+# mixing method at ratio r takes (1 + r) times the optimizer steps; on a steps axis its curve is
+# stretched and it looks slower to learn than it is.
+DEFAULT_AXIS = "epochs"
+
+
+def curve(runs: list[Run], key: str = "eval_in_domain") -> list[tuple[int, float | None, Stat]]:
+    """(step, epoch or None, Stat over seeds) of a quantity logged during training."""
     by_step: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    epochs: dict[int, float] = {}
     for run in runs:
         for entry in run.results.get("history", []):
-            if "eval_in_domain" in entry and "step" in entry:
-                by_step[int(entry["step"])].append((run.seed, entry["eval_in_domain"]))
-    return [(step, seed_stats(by_step[step])) for step in sorted(by_step)]
+            if key in entry and "step" in entry:
+                by_step[int(entry["step"])].append((run.seed, entry[key]))
+                if "epoch" in entry or int(entry["step"]) == 0:  # step 0 is epoch 0
+                    epochs[int(entry["step"])] = float(entry.get("epoch", 0.0))
+    return [(step, epochs.get(step), seed_stats(by_step[step])) for step in sorted(by_step)]
 
 
-def figure3(runs: list[Run], ratio: float | None, out_dir: Path) -> tuple[Path | None, str]:
+def _axis(curves, axis: str) -> tuple[str, str]:
+    """The x axis actually used: epochs fall back to steps where a run logged no epoch."""
+    if axis == "epochs" and any(e is None for c in curves for _, e, _ in c):
+        return "steps", " (epochs requested, but some runs logged no epoch: steps)"
+    return axis, ""
+
+
+def _plot_curve(ax, points, axis: str, lines: int = 1, **style) -> None:
+    """A mean curve with a ± std band, fainter where the panel has many `lines`."""
+    xs = [step if axis == "steps" else epoch for step, epoch, _ in points]
+    mean = [st.mean for _, _, st in points]
+    std = [st.std for _, _, st in points]
+    ax.plot(xs, mean, marker=".", **style)
+    ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                    alpha=0.2 if lines <= 4 else 0.07, color=style.get("color"))
+
+
+def figure3(runs: list[Run], ratio: float | None, out_dir: Path,
+            axis: str = DEFAULT_AXIS) -> tuple[Path | None, str]:
     panels: dict[tuple[str, str], dict[str, list]] = defaultdict(dict)
     for model, task in sorted({(r.model, r.task) for r in runs}):
         chosen = [r for r in runs if (r.model, r.task) == (model, task) and at_reference(r, ratio)]
         for method in ordered({r.label for r in chosen}):
-            curve = in_domain_curve([r for r in chosen if r.label == method])
-            if curve:
-                panels[(model, task)][method] = curve
+            points = curve([r for r in chosen if r.label == method])
+            if points:
+                panels[(model, task)][method] = points
     if not panels:
         return None, "Figure 3 skipped: no run logged in-domain scores during training."
     write_csv(out_dir / "in_domain_steps.csv",
-              ["model", "task", "method", "step", "mean", "std", "seeds"],
-              [[mt[0], mt[1], m, step, s.mean, s.std, s.n] for mt, curves in panels.items()
-               for m, curve in curves.items() for step, s in curve])
+              ["model", "task", "method", "step", "epoch", "mean", "std", "seeds"],
+              [[mt[0], mt[1], m, step, epoch, s.mean, s.std, s.n]
+               for mt, curves in panels.items() for m, points in curves.items()
+               for step, epoch, s in points])
+    axis, note = _axis([c for curves in panels.values() for c in curves.values()], axis)
     plt = pyplot()
     cols = min(len(panels), 4)
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.5 * rows), squeeze=False,
                              layout="constrained")  # no title over the row above's labels
     for ax, ((model, task), curves) in zip(axes.flat, panels.items()):
-        for method, curve in curves.items():
-            steps = [s for s, _ in curve]
-            mean = [st.mean for _, st in curve]
-            std = [st.std for _, st in curve]
-            ax.plot(steps, mean, marker=".", label=method, color=color(method))
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std)],
-                            [m + s for m, s in zip(mean, std)], alpha=0.2, color=color(method))
-        ax.set(title=f"{model} / {task}", xlabel="training step", ylabel="in-domain score")
-        ax.legend(fontsize="small")
+        for method, points in curves.items():
+            _plot_curve(ax, points, axis, len(curves), label=method, color=color(method))
+        ax.set(title=f"{model} / {task}", xlabel=AXES[axis][1], ylabel="in-domain score")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle("Figure 3: in-domain score during training (mean ± std over seeds)")
-    return save_figure(fig, out_dir / FIG3), ""
+    _legend_below(fig, axes)
+    fig.suptitle(f"Figure 3: in-domain score during training, against {axis} "
+                 "(mean ± std over seeds)")
+    return save_figure(fig, out_dir / FIG3), note
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for the figure, below the panels (no panel's curves hidden under it)."""
+    handles = {}
+    for ax in axes.flat:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(l, h)
+    entry = 0.5 + 0.075 * max(map(len, handles), default=1)  # inches per column, small font
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", fontsize="small",
+               ncols=max(1, min(len(handles), int(fig.get_figwidth() // entry))))
+
+
+# --- the learning-forgetting plane ---------------------------------------------------------
+
+
+def plane_figures(points: dict, runs: list[Run], failed: set, ratio: float | None,
+                  out_dir: Path) -> list[Path]:
+    """General change (x) against in-domain change (y): one small point per run (hollow if it
+    did not learn the task), each method's mean with its interval both ways; one figure per
+    scope of `points` ({scope: {method: (x Stat, y Stat)}}, from compare.plane)."""
+    plt = pyplot()
+    paths = []
+    for scope, methods in points.items():
+        fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
+        scoped = [r for r in runs if at_reference(r, ratio)
+                  and (scope == "all models" or r.model == scope)]
+        for method, (x, y) in methods.items():
+            mine = [r for r in scoped if r.label == method]
+            for hollow in (False, True):
+                pts = [(r.results["summary"]["general_delta"],
+                        r.results["summary"]["in_domain_delta"]) for r in mine
+                       if (r.dir in failed) == hollow and "general_delta" in r.results["summary"]]
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, alpha=0.5,
+                           facecolors="none" if hollow else color(method),
+                           edgecolors=color(method))
+            (xlo, xhi), (ylo, yhi) = x.interval, y.interval
+            ax.errorbar([x.mean], [y.mean], xerr=[[x.mean - xlo], [xhi - x.mean]],
+                        yerr=[[y.mean - ylo], [yhi - y.mean]], marker="o", markersize=9,
+                        capsize=4, color=color(method), markeredgecolor="black", label=method)
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.axvline(0, color="gray", linewidth=0.8)
+        ax.set(xlabel="general change (final - base, mean over general benchmarks)",
+               ylabel="in-domain change (final - base)",
+               title=f"Learning against forgetting: {scope}")
+        fig.legend(fontsize="small", loc="outside right upper")
+        bare = [m for m, (x, y) in methods.items() if x.seeds is None and x.items is None]
+        caption = ("small dots: runs (hollow: did not learn the task); large: method mean, "
+                   "bars: 95% interval" + (" (none without seeds or per-item scores: "
+                                           f"{', '.join(bare)})" if bare else ""))
+        fig.supxlabel(textwrap.fill(caption, 110), fontsize="x-small", color="gray")
+        name = FIG_PLANE if scope == "all models" else f"fig_plane_{slug(scope)}.png"
+        paths.append(save_figure(fig, out_dir / name))
+    return paths
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_")
+
+
+# --- drift during training -----------------------------------------------------------------
+
+
+KL_KEYS = {"eval_in_domain": "in-domain score",
+           "eval_kl_self": "KL(base ‖ current), self-dialogues",
+           "eval_kl_prompts": "KL(base ‖ current), benchmark prompts"}
+
+
+def kl_figures(runs: list[Run], ratio: float | None, out_dir: Path,
+               axis: str = DEFAULT_AXIS) -> tuple[list[Path], str]:
+    """Per method, the in-domain score and the two KLs logged during training: one line per
+    (model, task), mean ± std over seeds; one figure per method."""
+    chosen = [r for r in runs if at_reference(r, ratio) and any(
+        k in e for e in r.results.get("history", []) for k in ("eval_kl_self", "eval_kl_prompts"))]
+    if not chosen:
+        return [], "No run logged KL during training (eval_kl_self / eval_kl_prompts)."
+    plt = pyplot()
+    paths, notes = [], set()
+    for method in ordered({r.label for r in chosen}):
+        mine = [r for r in chosen if r.label == method]
+        pairs = sorted({(r.model, r.task) for r in mine})
+        curves = {(k, mt): curve([r for r in mine if (r.model, r.task) == mt], k)
+                  for k in KL_KEYS for mt in pairs}
+        used, note = _axis(curves.values(), axis)
+        notes.add(note)
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), squeeze=False, layout="constrained")
+        for ax, (key, title) in zip(axes[0], KL_KEYS.items()):
+            for i, mt in enumerate(pairs):
+                if curves[(key, mt)]:
+                    _plot_curve(ax, curves[(key, mt)], used, len(pairs), label=f"{mt[0]} / {mt[1]}",
+                                color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3])
+            ax.set(title=title, xlabel=AXES[used][1])
+        _legend_below(fig, axes)
+        fig.suptitle(f"Drift during training: {method} (mean ± std over seeds)")
+        paths.append(save_figure(fig, out_dir / f"fig_kl_{slug(method)}.png"))
+    return paths, "".join(sorted(notes))
 
 
 # --- drift ----------------------------------------------------------------------------------

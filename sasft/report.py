@@ -1,9 +1,11 @@
-"""The sweep report: the paper's table, Figure 2 and Figure 3, from the runs' `results.json`.
+"""The sweep report: the paper's table with intervals, the learning-forgetting plane, Figure 2
+and Figure 3, drift during training, what forgetting looks like, from the runs' `results.json`.
 
     python -m sasft.report outputs/                    # writes outputs/report/
     python -m sasft.report outputs/ --ratio 0.5        # best method counted at mix_ratio 0.5
     python -m sasft.report outputs/ --out /tmp/rep --wandb
     python -m sasft.report outputs/ --where train.learning_rate=1e-4 --where peft.name=lora
+    python -m sasft.report outputs/ --fig3-axis steps  # training curves against steps
     sasft-report outputs/                              # the same, as a console script
 
 It reads every `results.json` under the sweep directory (recursively); a run directory with a
@@ -11,134 +13,41 @@ It reads every `results.json` under the sweep directory (recursively); a run dir
 writes `report.md`, CSV files and PNG figures. If `python -m sasft.analyze` wrote `drift.json`
 files into the runs, a "Drift" section follows (see `sasft/analyze.py`).
 
-How scenarios are counted (as the paper counts "best in 40 of 50 scenarios"):
-  - a scenario is (model, task, benchmark);
-  - runs are compared like with like: runs that differ in anything but the seed are never
-    averaged together. Where a sweep holds several variants of a method (two learning rates,
-    freeze with two layer counts), each is its own column, labelled by the identity fields that
-    tell them apart ("sasft [train.learning_rate=0.0001]"); `--where field=value` narrows the
-    runs read (`--where train.learning_rate=1e-4`);
-  - a method's score in a scenario is its mean final score over seeds: runs sharing a seed are
-    averaged first, so a seed run twice does not weigh twice; std is over seeds (n - 1), 0 for
-    one seed;
-  - methods that mix data (sasft, ext_mix) are compared at one reference mix ratio; task_only
-    and freeze have no ratio, so all their runs count;
-  - the best methods are those within 1e-9 of the highest mean: a tie counts for every tied
-    method, and "SA-SFT best in N of M" counts the scenarios where sasft is among them.
+How scenarios are counted (sasft/compare.py has the rules; the report states them):
+  - a scenario is (model, task, benchmark); runs that differ in anything but the seed are never
+    averaged together: a method's variants are separate columns, labelled by the identity
+    fields that tell them apart; `--where field=value` narrows the runs read;
+  - methods that mix data are compared at one reference mix ratio; the others with all runs;
+  - a method's score is its mean final score over seeds, with a 95% interval spanning the
+    t-interval over seeds and the bootstrap over test items (sasft/stats.py);
+  - the best method and every method whose interval overlaps the best one's share the win:
+    "SA-SFT best or tied in N of M, alone best in K";
+  - runs whose in-domain score is not clearly above the base (or chance) did not learn the task:
+    they are listed, and their method is left out of that task's general scenarios.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import statistics
 import sys
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .figures import (FIG2, FIG3, FIG_LAYERS, FIG_SCATTER, figure2, figure3, layer_figure,
-                      scatter_figure)
-from .runs import (DRIFT_FILE, MEASURES, Run, Stat, WhereError, at_reference, family, find_runs,
-                   label_variants, ordered, reference_ratio, seed_stats, select, write_csv)
+from .compare import (Scenario, Verdict, averages, best_counts, breakdown, headline, run_stat,
+                      scenario_table, verdicts)
+from .figures import FIG2, FIG3, AXES, DEFAULT_AXIS, figure2, figure3  # noqa: F401 (FIG2, FIG3)
+from .runs import (Run, WhereError, find_runs, label_variants, ordered, reference_ratio, select,
+                   write_csv)
+from .sections import (drift_lines, example_lines, figure_md, kl_lines, md_table,
+                       not_learned_lines, plane_lines)
 
 log = logging.getLogger(__name__)
 
-HEADLINE_METHOD, HEADLINE_NAME = "sasft", "SA-SFT"
-TIE_TOLERANCE = 1e-9
 # Written only when there is something to show: removed first, so no stale copy outlives it.
-OPTIONAL_OUTPUTS = (FIG2, FIG3, FIG_LAYERS, FIG_SCATTER, "mix_ratio.csv", "in_domain_steps.csv",
-                    "drift.csv")
-
-
-# --- the scenario table ---------------------------------------------------------------------
-
-
-@dataclass
-class Scenario:
-    model: str
-    task: str
-    benchmark: str
-    kind: str
-    base: float
-    final: dict[str, Stat] = field(default_factory=dict)
-    delta: dict[str, Stat] = field(default_factory=dict)
-
-    @property
-    def best(self) -> list[str]:
-        if not self.final:
-            return []
-        top = max(s.mean for s in self.final.values())
-        return [m for m, s in self.final.items() if s.mean >= top - TIE_TOLERANCE]
-
-
-def scenario_table(runs: list[Run], ratio: float | None) -> list[Scenario]:
-    """One Scenario per (model, task, benchmark) with a counted run; the base score is the mean
-    over every run of the scenario (it is the same cached number in all of them)."""
-    base: dict[tuple, list[float]] = defaultdict(list)
-    kinds: dict[tuple, str] = {}
-    cells: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        for bench, score in run.results["scores"].items():
-            key = (run.model, run.task, bench)
-            base[key].append(score["base"])
-            kinds[key] = score["kind"]
-            if at_reference(run, ratio):
-                cells[key][run.label].append((run.seed, score["final"], score["delta"],
-                                              run.variant))
-    table = []
-    for key in sorted(cells, key=lambda k: (k[0], k[1], kinds[k] != "in_domain", k[2])):
-        sc = Scenario(*key, kinds[key], statistics.fmean(base[key]))
-        for label in ordered(cells[key]):
-            rows = cells[key][label]
-            if len({v for *_, v in rows}) > 1:  # label_variants names every difference
-                raise AssertionError(f"{key} {label}: runs of different variants in one cell")
-            sc.final[label] = seed_stats([(s, f) for s, f, _, _ in rows])
-            sc.delta[label] = seed_stats([(s, d) for s, _, d, _ in rows])
-        table.append(sc)
-    return table
-
-
-def best_counts(table: list[Scenario]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for sc in table:
-        for method in sc.best:
-            counts[method] += 1
-    return counts
-
-
-def headline(table: list[Scenario]) -> str:
-    """"SA-SFT best in N of M scenarios": a scenario counts where a variant of sasft is among
-    the best; with several variants, the line names them."""
-    n = sum(any(family(label) == HEADLINE_METHOD for label in sc.best) for sc in table)
-    variants = ordered({l for sc in table for l in sc.final if family(l) == HEADLINE_METHOD})
-    which = f" (any of: {'; '.join(variants)})" if len(variants) > 1 else ""
-    return f"{HEADLINE_NAME} best in {n} of {len(table)} scenarios{which}"
-
-
-def averages(table: list[Scenario], methods: list[str]) -> list[tuple[str, float, dict]]:
-    """(row name, mean base, {method: (mean final, mean delta, scenarios)}) per benchmark, then
-    per kind and overall. A method is averaged over the scenarios where it has runs."""
-    groups: dict[str, list[Scenario]] = defaultdict(list)
-    for sc in table:
-        groups[sc.benchmark].append(sc)
-    groups["in-domain (all tasks)"] = [sc for sc in table if sc.kind == "in_domain"]
-    groups["general (all benchmarks)"] = [sc for sc in table if sc.kind == "general"]
-    groups["all scenarios"] = table
-    rows = []
-    for name, scs in groups.items():
-        if not scs:
-            continue
-        per_method = {}
-        for m in methods:
-            have = [sc for sc in scs if m in sc.final]
-            if have:
-                per_method[m] = (statistics.fmean(sc.final[m].mean for sc in have),
-                                 statistics.fmean(sc.delta[m].mean for sc in have), len(have))
-        rows.append((name, statistics.fmean(sc.base for sc in scs), per_method))
-    return rows
+OPTIONAL_OUTPUTS = ("*.png", "mix_ratio.csv", "in_domain_steps.csv", "drift.csv", "plane.csv",
+                    "kl.csv")
 
 
 # --- CSV ------------------------------------------------------------------------------------
@@ -147,46 +56,55 @@ def averages(table: list[Scenario], methods: list[str]) -> list[tuple[str, float
 
 
 def table_rows(table: list[Scenario], methods: list[str]) -> tuple[list[str], list[list]]:
-    """The scenario table, wide: one row per scenario, five columns per method."""
-    header = ["model", "task", "benchmark", "kind", "base"]
+    """The scenario table, wide: one row per scenario, ten columns per method."""
+    header = ["model", "task", "benchmark", "kind", "base", "chance"]
     for m in methods:
-        header += [f"{m}_final", f"{m}_final_std", f"{m}_delta", f"{m}_delta_std", f"{m}_seeds"]
-    header.append("best")
+        header += [f"{m}_{c}" for c in ("final", "final_std", "final_lo", "final_hi", "delta",
+                                        "delta_std", "delta_lo", "delta_hi", "seeds", "learned")]
+    header += ["best", "alone"]
     rows = []
     for sc in table:
-        row = [sc.model, sc.task, sc.benchmark, sc.kind, sc.base]
+        row = [sc.model, sc.task, sc.benchmark, sc.kind, sc.base, sc.chance]
         for m in methods:
             f, d = sc.final.get(m), sc.delta.get(m)
-            row += [f.mean, f.std, d.mean, d.std, f.n] if f else [None, None, None, None, 0]
-        rows.append(row + ["+".join(sc.best)])
+            row += ([f.mean, f.std, *f.interval, d.mean, d.std, *d.interval, f.n,
+                     m not in sc.not_learned] if f else [None] * 8 + [0, None])
+        rows.append(row + ["+".join(sc.best), len(sc.best) == 1])
     return header, rows
 
 
-def write_run_csv(path: Path, runs: list[Run]) -> Path:
+def write_run_csv(path: Path, runs: list[Run], judged: list[Verdict]) -> Path:
+    """One row per run and benchmark, with the item bootstrap's interval of that run."""
+    learned = {v.run.dir: v.learned for v in judged}
     header = ["model", "task", "method", "mix_ratio", "seed", "benchmark", "kind", "base",
-              "final", "delta", "variant", "run_dir"]
-    rows = [[r.model, r.task, r.label, r.ratio, r.seed, bench, s["kind"], s["base"],
-             s["final"], s["delta"], r.variant, str(r.dir)]
-            for r in runs for bench, s in sorted(r.results["scores"].items())]
+              "final", "final_lo", "final_hi", "delta", "delta_lo", "delta_hi", "chance",
+              "learned", "variant", "run_dir"]
+    rows = []
+    for r in runs:
+        for bench, s in sorted(r.results["scores"].items()):
+            f, d = run_stat(r, bench, "final"), run_stat(r, bench, "delta")
+            rows.append([r.model, r.task, r.label, r.ratio, r.seed, bench, s["kind"], s["base"],
+                         s["final"], *(f.items or (None, None)), s["delta"],
+                         *(d.items or (None, None)), s.get("chance"), learned.get(r.dir),
+                         r.variant, str(r.dir)])
     return write_csv(path, header, rows)
 
 
 # --- report.md ------------------------------------------------------------------------------
 
 
-def md_table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+def cell_text(sc: Scenario, m: str) -> str:
+    f, d = sc.final[m], sc.delta[m]
+    interval = "" if f.seeds is None and f.items is None else f" {f.interval_text()}"
+    dagger = " †" if m in sc.not_learned else ""
+    return f"{f.mean:.3f}{interval} ({d.mean:+.3f}), n={f.n}{dagger}"
 
 
 def scenario_lines(table: list[Scenario], methods: list[str]) -> list[str]:
-    header = ["model", "task", "benchmark", "kind", "base"] + methods + ["best"]
-    rows = []
-    for sc in table:
-        cells = [f"{sc.final[m].text()} ({sc.delta[m].text(signed=True)}), n={sc.final[m].n}"
-                 if m in sc.final else "–" for m in methods]
-        rows.append([sc.model, sc.task, sc.benchmark, sc.kind, f"{sc.base:.3f}", *cells,
-                     ", ".join(sc.best)])
+    header = ["model", "task", "benchmark", "kind", "base"] + methods + ["best or tied"]
+    rows = [[sc.model, sc.task, sc.benchmark, sc.kind, f"{sc.base:.3f}",
+             *(cell_text(sc, m) if m in sc.final else "–" for m in methods),
+             ", ".join(sc.best) or "none (no method learned the task)"] for sc in table]
     return md_table(header, rows)
 
 
@@ -207,61 +125,25 @@ def counting_note(ratio: float | None, how: str, labels: list[str], where: list[
             f" Compared: {'; '.join(labels) or 'nothing'}. Runs that differ in anything but the "
             "seed are never averaged together: a method's variants are separate columns, "
             "labelled by the fields that tell them apart. " + mixing +
-            "methods that mix nothing have no ratio, so all their runs count. A method's score is "
-            "its mean final score over seeds (runs sharing a seed are averaged first); ± is the "
-            "std over seeds (n - 1; 0 with one seed), in brackets the change from the base "
-            "model. Best = highest mean; methods within 1e-9 of it tie, and a tie counts for "
-            "every tied method.")
-
-
-def drift_rows(records: list[tuple[Run, dict]]) -> tuple[list[str], list[list]]:
-    header = ["model", "task", "method", "mix_ratio", "seed", "general_delta",
-              "in_domain_delta", "weight_global", *MEASURES, "leakage_rule"]
-    rows = [[r.model, r.task, r.label, r.ratio, r.seed,
-             r.results["summary"].get("general_delta"), r.results["summary"].get("in_domain_delta"),
-             d["weights"]["global"], *(read(d) for _, read in MEASURES.values()),
-             d["style_leakage"]["rule"]] for r, d in records]
-    return header, rows
-
-
-def method_lines(records: list[tuple[Run, dict]], ratio: float | None) -> list[str]:
-    chosen = [(r, d) for r, d in records if at_reference(r, ratio)]
-    rows = []
-    for method in ordered({r.label for r, _ in chosen}):
-        cells = []
-        for _, read in MEASURES.values():
-            pairs = [(r.seed, read(d)) for r, d in chosen if r.label == method
-                     and read(d) is not None]
-            cells.append(seed_stats(pairs).text() if pairs else "–")
-        rows.append([method, *cells])
-    return md_table(["method", *(label for label, _ in MEASURES.values())], rows)
-
-
-def drift_section(runs: list[Run], ratio: float | None, out_dir: Path) -> list[str]:
-    """The "Drift" lines, from the runs' drift.json; writes drift.csv and the figures."""
-    records = [(r, json.loads((r.dir / DRIFT_FILE).read_text())) for r in runs]
-    write_csv(out_dir / "drift.csv", *drift_rows(records))
-    layers = layer_figure(records, ratio, out_dir)
-    scatter, stats = scatter_figure(records, out_dir)
-    rules = {d["style_leakage"]["note"] for _, d in records}
-    lines = [f"{len(records)} runs analyzed by `python -m sasft.analyze` (per run: drift.csv). "
-             "Per method at the reference ratio, mean ± std over seeds:", "",
-             *method_lines(records, ratio), "",
-             f"![{layers.stem}]({layers.name})", "",
-             "Pearson correlation of each drift measure with the general-score change "
-             "(every analyzed run, every ratio):", "",
-             *md_table(["measure", "Pearson r", "runs"],
-                       [[n, f"{r:.3f}" if r is not None else "n/a (fewer than 3 runs or "
-                         "constant)", k] for n, r, k in stats]), "",
-             f"![{scatter.stem}]({scatter.name})", ""]
-    return lines + [f"Style leakage rule: {note}." for note in sorted(rules)]
-
-
-def drift_lines(runs: list[Run], ratio: float | None, out_dir: Path) -> list[str]:
-    with_drift = [r for r in runs if (r.dir / DRIFT_FILE).is_file()]
-    if not with_drift:
-        return ["No run has a drift.json yet: `python -m sasft.analyze <sweep dir>` writes them."]
-    return drift_section(with_drift, ratio, out_dir)
+            "methods that mix nothing have no ratio, so all their runs count. A method's score "
+            "is its mean final score over seeds (runs sharing a seed are averaged first), in "
+            "round brackets the change from the base model.\n\n"
+            "Intervals (95%, in square brackets): the span of two intervals, so that a "
+            "difference counts only if it survives both: over seeds (2 or more), Student's "
+            "t-interval of the mean, mean ± t(0.975, n-1) · std / sqrt(n); over test items, "
+            "always where the runs kept per-item scores, a paired percentile bootstrap (1000 "
+            "resamples of the test items with a fixed seed, the same items for base and final "
+            "scores and for every seed, whose per-item scores are averaged first). With one "
+            "seed and no per-item scores a cell has no interval, and only equal scores tie.\n\n"
+            "Tie rule: the best method of a scenario is the highest mean; it and every method "
+            "whose interval overlaps the best one's share the win (\"best or tied\"); \"alone "
+            "best\" counts the scenarios where no interval overlaps the best one's.\n\n"
+            "Did not learn the task: a run whose in-domain change is not clearly above 0 (its "
+            "interval's lower end <= 0), or whose in-domain score is not clearly above the "
+            "test's chance score where it has one, did not learn the task (listed below). A "
+            "method with such a run in a (model, task) is marked † and left out of that task's "
+            "general scenarios (neither winning nor setting the best): a run that did not move "
+            "has not forgotten either, and that is no defence.")
 
 
 @dataclass
@@ -274,63 +156,80 @@ class Report:
     headline: str
     figures: list[Path]
     where: list[str] = field(default_factory=list)
-
-
-def figure_md(path: Path | None, note: str) -> str:
-    return f"![{path.stem}]({path.name})" if path else note
+    verdicts: list[Verdict] = field(default_factory=list)
 
 
 def render(report: Report, sweep_dir: Path, how: str, figures: list[tuple],
-           drift: list[str]) -> str:
+           sections: dict[str, list[str]]) -> str:
     methods = ordered({m for sc in report.table for m in sc.final})
     counts = best_counts(report.table)
     lines = [f"# sasft report: {sweep_dir}", "",
              f"{len(report.runs)} completed runs read; {len(report.missing)} missing or "
              f"unusable (listed at the end, never counted).", "",
-             report.headline, "", counting_note(report.ratio, how, methods, report.where), "",
-             "Best-method counts (ties count for each tied method): "
-             + (", ".join(f"{m} {counts.get(m, 0)}" for m in methods) or "none"), "",
-             "## Scenarios", "", *scenario_lines(report.table, methods), "",
+             f"**{report.headline}.** {breakdown(report.table)}", "",
+             counting_note(report.ratio, how, methods, report.where), "",
+             "Best or tied (alone best) per method: "
+             + (", ".join(f"{m} {counts.get(m, (0, 0))[0]} ({counts.get(m, (0, 0))[1]})"
+                          for m in methods) or "none"), "",
+             "## Scenarios", "",
+             "Final score [95% interval] (change from base), seeds; † the method has a run "
+             "that did not learn this task.", "",
+             *scenario_lines(report.table, methods), "",
+             "## Runs that did not learn the task", "", *sections["not learned"], "",
              "## Averages per benchmark and overall", "",
              "Mean over scenarios of each method's mean final score (change from base in "
              "brackets); a method is averaged over the scenarios (sc.) where it has runs.", "",
              *average_lines(averages(report.table, methods), methods), "",
+             "## Learning against forgetting", "", *sections["plane"], "",
              "## Figure 2: mix ratio", "", figure_md(*figures[0]), "",
              "## Figure 3: in-domain score during training", "", figure_md(*figures[1]), "",
-             "## Drift", "", *drift, "", "## Missing runs", ""]
+             "## KL from the base during training", "", *sections["kl"], "",
+             "## What forgetting looks like", "", *sections["examples"], "",
+             "## Drift", "", *sections["drift"], "", "## Missing runs", ""]
     lines += [f"- `{d}`: {why}" for d, why in report.missing] or ["None."]
     return "\n".join(lines) + "\n"
 
 
+def clear_outputs(out_dir: Path) -> None:
+    for pattern in OPTIONAL_OUTPUTS:
+        for path in out_dir.glob(pattern):
+            path.unlink()
+
+
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
                  ratio: float | None = None, use_wandb: bool = False,
-                 where: list[str] = ()) -> Report:
-    """Read the sweep, write report.md, CSV files and figures into `out_dir`; returns them."""
+                 where: list[str] = (), axis: str = DEFAULT_AXIS) -> Report:
+    """Read the sweep, write report.md, CSV files and figures into `out_dir`; returns them.
+    `axis` ("steps" or "epochs") is the x axis of the training curves (Figure 3, KL)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
     out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in OPTIONAL_OUTPUTS:
-        (out_dir / name).unlink(missing_ok=True)
+    clear_outputs(out_dir)
     runs, missing = find_runs(sweep_dir, skip=out_dir)
     runs = select(runs, list(where))
     label_variants(runs)
     ratio, how = reference_ratio(runs, ratio)
-    table = scenario_table(runs, ratio)
+    judged = verdicts(runs)
+    table = scenario_table(runs, ratio, judged)
     methods = ordered({m for sc in table for m in sc.final})
     write_csv(out_dir / "table.csv", *table_rows(table, methods))
-    write_run_csv(out_dir / "runs.csv", runs)
+    write_run_csv(out_dir / "runs.csv", runs, judged)
     avg = averages(table, methods)
     write_csv(out_dir / "averages.csv",
               ["benchmark", "base", "method", "final", "delta", "scenarios"],
               [[name, base, m, *v] for name, base, per in avg for m, v in per.items()])
-    figures = [figure2(runs, out_dir), figure3(runs, ratio, out_dir)]
-    drift = drift_lines(runs, ratio, out_dir)
+    figures = [figure2(runs, out_dir), figure3(runs, ratio, out_dir, axis)]
+    failed = {v.run.dir for v in judged if not v.learned}
+    sections = {"not learned": not_learned_lines(judged, ratio),
+                "plane": plane_lines(runs, ratio, failed, out_dir),
+                "kl": kl_lines(runs, ratio, out_dir, axis),
+                "examples": example_lines(runs, ratio),
+                "drift": drift_lines(runs, ratio, out_dir)}
     report = Report(out_dir, table, runs, missing, ratio, headline(table),
-                    [out_dir / n for n in OPTIONAL_OUTPUTS
-                     if n.endswith(".png") and (out_dir / n).is_file()], list(where))
-    (out_dir / "report.md").write_text(render(report, sweep_dir, how, figures, drift))
+                    sorted(out_dir.glob("*.png")), list(where), judged)
+    (out_dir / "report.md").write_text(render(report, sweep_dir, how, figures, sections))
     if use_wandb:
         log_to_wandb(report, sweep_dir)
     return report
@@ -376,10 +275,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                         help="only runs whose config has this value (repeatable), e.g. "
                         "train.learning_rate=1e-4")
+    parser.add_argument("--fig3-axis", choices=sorted(AXES), default=DEFAULT_AXIS,
+                        help="x axis of Figure 3 and the KL curves (default: epochs, since a "
+                        "mixing method takes more steps per epoch)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        report = build_report(args.sweep_dir, args.out, args.ratio, args.wandb, args.where)
+        report = build_report(args.sweep_dir, args.out, args.ratio, args.wandb, args.where,
+                              args.fig3_axis)
     except (WhereError, FileNotFoundError) as e:
         parser.error(str(e))
     print(report.headline)

@@ -1,20 +1,26 @@
 """The runs of a sweep, as the report and the drift analysis read them: the finished runs and
-their results, each method's variants, the reference mix ratio, and statistics over seeds.
-Standard library only: reading results never imports torch or matplotlib."""
+their results, each method's variants and the reference mix ratio (statistics: sasft/stats.py).
+Reading results never imports torch or matplotlib."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from .record import RESULTS_FILE, SCHEMA_VERSION
+from .stats import Stat, pearson, seed_stats  # noqa: F401  (the report's and analyze's names)
 
-METHOD_ORDER = ("task_only", "freeze", "freeze_half", "ext_mix", "ext_mix_ultrachat", "sasft")
+# Baselines, then the defences against forgetting, SA-SFT last.
+METHOD_ORDER = ("task_only", "freeze", "freeze_half", "ext_mix", "ext_mix_ultrachat", "replay",
+                "sdft", "l2_base", "ewc", "sasft")
+
+# Schema 3 added per-item scores ("items"), each benchmark's chance score and KL in the history;
+# schema 2 runs are read without them (no item bootstrap, no chance check).
+READABLE_SCHEMAS = {2, 3, SCHEMA_VERSION}
 
 
 # Identity fields that never name a variant: the seed (repeats), and the mix ratio, which the
@@ -60,6 +66,26 @@ class Run:
     def identity(self) -> dict:
         return self.results["identity"]
 
+    def items(self, bench: str, which: str = "final") -> list[float] | None:
+        """Per-item scores of `bench` ("base", "final", or "delta": final - base per item), or
+        None where the run did not keep them."""
+        items = self.results.get("items", {}).get(bench) or {}
+        if which == "delta":
+            base, final = items.get("base"), items.get("final")
+            if base is None or final is None or len(base) != len(final):
+                return None
+            return [f - b for f, b in zip(final, base)]
+        return items.get(which)
+
+    def chance(self, bench: str) -> float | None:
+        return self.results["scores"][bench].get("chance")
+
+    @property
+    def in_domain(self) -> str | None:
+        """The run's in-domain benchmark."""
+        return next((b for b, s in self.results["scores"].items() if s["kind"] == "in_domain"),
+                    None)
+
 
 def _not_a_run(path: Path, root: Path) -> bool:
     # Hydra keeps a copy of the config in `.hydra/config.yaml`, and W&B one in
@@ -82,9 +108,9 @@ def find_runs(root: Path, skip: Path | None = None) -> tuple[list[Run], list[tup
         except (OSError, json.JSONDecodeError) as e:
             missing.append((path.parent, f"unreadable {RESULTS_FILE}: {e}"))
             continue
-        if results.get("schema") != SCHEMA_VERSION:
-            missing.append((path.parent, f"schema {results.get('schema')!r}, "
-                                         f"expected {SCHEMA_VERSION}"))
+        if results.get("schema") not in READABLE_SCHEMAS:
+            missing.append((path.parent, f"schema {results.get('schema')!r}, expected one of "
+                                         f"{sorted(READABLE_SCHEMAS)}"))
             continue
         runs.append(Run(path.parent, results))
     for path in sorted(root.rglob("config.yaml")):
@@ -174,34 +200,7 @@ def at_reference(run: Run, ratio: float | None) -> bool:
     return not run.mixes_data or (ratio is not None and math.isclose(run.ratio, ratio))
 
 
-# --- statistics -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stat:
-    mean: float
-    std: float
-    n: int  # seeds
-
-    def text(self, signed: bool = False) -> str:
-        return f"{self.mean:{'+' if signed else ''}.3f} ± {self.std:.3f}"
-
-
-def seed_stats(values: list[tuple[int, float]]) -> Stat:
-    """Mean and std over seeds of (seed, value) pairs; values sharing a seed are averaged first."""
-    by_seed: dict[int, list[float]] = defaultdict(list)
-    for seed, value in values:
-        by_seed[seed].append(value)
-    means = [statistics.fmean(v) for v in by_seed.values()]
-    std = statistics.stdev(means) if len(means) > 1 else 0.0
-    return Stat(statistics.fmean(means), std, len(means))
-
-
-def pearson(xs: list[float], ys: list[float]) -> float | None:
-    """Pearson's r, or None where it means nothing (fewer than 3 points, or a constant)."""
-    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
-        return None
-    return statistics.correlation(xs, ys)
+# --- CSV ----------------------------------------------------------------------------------
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:

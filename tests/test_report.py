@@ -1,5 +1,6 @@
 """The sweep report on a synthetic sweep whose numbers are known: table values, the best-method
-count with its ties, missing runs, figures, and W&B logging that can never fail the report."""
+count with its ties, missing runs, figures, and W&B logging that can never fail the report.
+Intervals, the tie rule, runs that did not learn and the new sections: test_report_compare.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from sasft import report
-from sasft.record import SCHEMA_VERSION, summarize
+from sasft.record import summarize
 from sasft.rundir import identity_hash, variant
 
 BASE = {"t": 0.1, "g1": 0.55, "g2": 0.5}  # "t" is the in-domain test of task "t"
@@ -38,9 +39,13 @@ MIXING = ("sasft", "ext_mix")
 
 
 def write_run(root: Path, method: str, ratio: float, seed: int, finals: dict,
-              model: str = "m", task: str = "t", base: dict = BASE, **fields) -> Path:
-    """A finished run's directory with its results.json; `fields` are more identity fields
-    (a learning rate: "train.learning_rate")."""
+              model: str = "m", task: str = "t", base: dict = BASE, items: dict | None = None,
+              chance: dict | None = None, history: list | None = None,
+              examples: list | None = None, schema: int = 3, **fields) -> Path:
+    """A finished run's directory with its results.json (schema 3: `items` {benchmark:
+    {"base": [...], "final": [...]}}, `chance` {benchmark: score}; schema 2 has neither);
+    `examples` are rows of forgetting_examples.jsonl; `fields` are more identity fields (a
+    learning rate: "train.learning_rate")."""
     mixes = method in MIXING
     ident = {"model.name": model, "task.name": task, "method.name": method, "seed": seed,
              **({"method.mix_ratio": ratio} if mixes else {}), **fields}
@@ -50,15 +55,28 @@ def write_run(root: Path, method: str, ratio: float, seed: int, finals: dict,
     (run_dir / "config.yaml").write_text(f"seed: {seed}\n")
     scores = {b: {"base": base[b], "final": f, "delta": f - base[b],
                   "kind": "in_domain" if b == task else "general"} for b, f in finals.items()}
-    history = [{"step": 0, "eval_in_domain": base[task]}, {"loss": 1.0, "step": 5},
-               {"step": 10, "eval_in_domain": finals[task]}]
-    results = {"schema": SCHEMA_VERSION,
+    if schema >= 3:
+        for b in scores:
+            scores[b]["chance"] = (chance or {}).get(b)
+    # A mixing method takes (1 + ratio) times the steps of task_only for the same epochs.
+    steps = round(10 * (1 + ratio)) if mixes else 10
+    history = history if history is not None else [
+        {"step": 0, "epoch": 0.0, "eval_in_domain": base[task]},
+        {"loss": 1.0, "step": steps // 2, "epoch": 1.0},
+        {"step": steps, "epoch": 2.0, "eval_in_domain": finals[task]}]
+    if schema < 3:
+        history = [{k: v for k, v in e.items() if k == "step" or not k.startswith(("epoch",
+                    "eval_kl"))} for e in history]
+    results = {"schema": schema,
                "run": {"model": model, "task": task, "method": method,
                        "mix_ratio": ratio if mixes else None, "mixes_data": mixes, "seed": seed,
                        "identity": identity_hash(ident), "variant": identity_hash(variant(ident))},
                "scores": scores, "summary": summarize(scores), "history": history,
-               "identity": ident, "config": {}}
+               "identity": ident, "config": {}, **({"items": items} if items else {})}
     (run_dir / "results.json").write_text(json.dumps(results))
+    if examples:
+        (run_dir / "forgetting_examples.jsonl").write_text(
+            "".join(json.dumps(row) + "\n" for row in examples))
     return run_dir
 
 
@@ -81,7 +99,9 @@ def rows_of(path: Path) -> dict[str, dict]:
 def test_table_values_best_count_and_ties(sweep):
     rep = report.build_report(sweep)
     assert rep.ratio == 1.0
-    assert rep.headline == "SA-SFT best in 2 of 3 scenarios"
+    # No run kept per-item scores: the intervals are the t-intervals over seeds only, and a
+    # method with one seed (or equal seeds) is a point.
+    assert rep.headline == "SA-SFT best or tied in 2 of 3 scenarios, alone best in 0"
     by_bench = {sc.benchmark: sc for sc in rep.table}
     assert list(by_bench) == ["t", "g1", "g2"]  # in-domain first
     t, g1, g2 = by_bench["t"], by_bench["g1"], by_bench["g2"]
@@ -90,22 +110,30 @@ def test_table_values_best_count_and_ties(sweep):
     assert t.final["task_only"].std == pytest.approx(0.0)
     assert t.final["task_only"].n == 2
     assert t.best == ["ext_mix"]  # 0.95 at ratio 1.0; sasft's 0.95 at ratio 0.5 is not counted
-    assert g1.best == ["freeze", "sasft"]  # within 1e-9: a tie counts for both
-    assert g2.best == ["sasft"]
+    # g1: freeze is within 1e-9 of sasft (two points), and task_only's seeds (0.5, 0.3) give a
+    # t-interval of 0.4 ± 12.706 * 0.1414 / sqrt(2) that reaches sasft's 0.6.
+    assert g1.best == ["task_only", "freeze", "sasft"]
+    assert g1.final["task_only"].seeds == pytest.approx((0.4 - 1.2706, 0.4 + 1.2706), abs=1e-4)
+    assert g1.final["freeze"].interval == (pytest.approx(0.6), pytest.approx(0.6))  # one seed
+    # g2: sasft is highest (0.6) but its two seeds (0.5, 0.7) make an interval wider than [0, 1]
+    assert g2.best == ["task_only", "freeze", "ext_mix", "sasft"]
     assert g2.final["sasft"].mean == pytest.approx(0.6)
     assert g2.final["sasft"].std == pytest.approx(0.1414213562)  # stdev(0.5, 0.7)
     assert g2.delta["sasft"].mean == pytest.approx(0.1)
     assert g2.base == pytest.approx(0.5)
-    assert report.best_counts(rep.table) == {"ext_mix": 1, "freeze": 1, "sasft": 2}
+    assert report.best_counts(rep.table) == {"ext_mix": (2, 1), "freeze": (2, 0),
+                                             "task_only": (2, 0), "sasft": (2, 0)}
 
     md = (rep.out_dir / "report.md").read_text()
-    assert "\nSA-SFT best in 2 of 3 scenarios\n" in md
-    assert "0.600 ± 0.141 (+0.100 ± 0.141), n=2" in md
-    assert "tie" in md and "mean final score over seeds" in md
+    assert "\n**SA-SFT best or tied in 2 of 3 scenarios, alone best in 0.**" in md
+    assert "0.600 [-0.67, 1.87] (+0.100), n=2" in md
+    assert "0.950 (+0.850), n=1 |" in md  # ext_mix on t: one seed, no items: no interval
+    assert "Tie rule" in md and "mean final score over seeds" in md
     table = rows_of(rep.out_dir / "table.csv")
     assert float(table["g2"]["sasft_final"]) == pytest.approx(0.6)
     assert float(table["g1"]["task_only_final_std"]) == pytest.approx(0.1414213562)
-    assert table["g1"]["best"] == "freeze+sasft"
+    assert table["g1"]["best"] == "task_only+freeze+sasft"
+    assert float(table["g1"]["task_only_final_lo"]) == pytest.approx(0.4 - 1.2706, abs=1e-4)
     assert table["t"]["sasft_seeds"] == "2"
 
 
@@ -128,7 +156,8 @@ def test_a_method_absent_from_a_scenario(sweep):
     write_run(sweep, "task_only", 1.0, 0, {"u": 0.5, "g1": 0.5}, task="u",
               base={"u": 0.2, "g1": 0.55})
     rep = report.build_report(sweep)
-    assert rep.headline == "SA-SFT best in 2 of 5 scenarios"  # u, g1 of task u: task_only only
+    assert rep.headline == ("SA-SFT best or tied in 2 of 5 scenarios, alone best in 0")  # u:
+    # task u's two scenarios have task_only only
     header, rows = report.table_rows(rep.table, ["task_only", "sasft"])
     u_row = next(r for r in rows if r[1] == "u" and r[2] == "u")
     assert u_row[header.index("sasft_final")] is None  # None, not "": W&B tables need one type
@@ -137,7 +166,8 @@ def test_a_method_absent_from_a_scenario(sweep):
 
 def test_reference_ratio_changes_the_count(sweep, tmp_path):
     rep = report.build_report(sweep, out_dir=tmp_path / "at_half", ratio=0.5)
-    assert rep.headline == "SA-SFT best in 3 of 3 scenarios"
+    # sasft at 0.5 (one seed): alone on t and g2; on g1 task_only's wide interval reaches it
+    assert rep.headline == "SA-SFT best or tied in 3 of 3 scenarios, alone best in 2"
     assert (tmp_path / "at_half" / "report.md").is_file()
 
 
@@ -160,8 +190,10 @@ def test_figures_are_written(sweep):
         assert path.is_file() and path.stat().st_size > 1000
         assert f"]({name})" in (rep.out_dir / "report.md").read_text()
     steps = list(csv.DictReader((rep.out_dir / "in_domain_steps.csv").open()))
-    sasft_end = [r for r in steps if r["method"] == "sasft" and r["step"] == "10"]
+    # at ratio 1.0 sasft takes 20 steps for task_only's 10; both end at epoch 2
+    sasft_end = [r for r in steps if r["method"] == "sasft" and r["step"] == "20"]
     assert float(sasft_end[0]["mean"]) == pytest.approx(0.85)  # ratio 1.0 only
+    assert float(sasft_end[0]["epoch"]) == 2.0
 
 
 def test_figure2_skipped_with_one_ratio(tmp_path):
@@ -179,7 +211,7 @@ def test_figure2_skipped_with_one_ratio(tmp_path):
 
 def test_cli(sweep, capsys):
     report.main([str(sweep), "--ratio", "1.0"])
-    assert "SA-SFT best in 2 of 3 scenarios" in capsys.readouterr().out
+    assert "SA-SFT best or tied in 2 of 3 scenarios, alone best in 0" in capsys.readouterr().out
 
 
 class FakeWandb(SimpleNamespace):
@@ -215,7 +247,8 @@ def test_wandb_logs_table_and_figures_offline_without_key(sweep, monkeypatch):
     assert kind == "table" and "sasft_final" in columns and len(data) == 3
     assert fake.logged["fig2_mix_ratio"][0] == "image"
     assert fake.logged["fig3_in_domain_steps"][0] == "image"
-    assert fake.finished and fake.summary["headline"] == "SA-SFT best in 2 of 3 scenarios"
+    assert fake.finished and fake.summary["headline"] == report.headline(report.build_report(
+        sweep).table)
 
 
 def test_wandb_failure_does_not_fail_the_report(sweep, monkeypatch):

@@ -1,0 +1,198 @@
+"""The honest comparison: intervals (bootstrap over items, t over seeds), the tie rule, runs that
+did not learn the task, and the report's new sections, on synthetic sweeps with known numbers.
+The per-item vectors are built so that intervals must, or must not, overlap."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from sasft import compare, report, stats
+from tests.test_report import write_run
+
+N = 200  # items per test: a proportion's 95% interval is about ± 0.065 at 0.5, ± 0.03 at 0.95
+
+
+def ones(k: int, n: int = N) -> list[float]:
+    """k correct items of n, the first k."""
+    return [1.0] * k + [0.0] * (n - k)
+
+
+BASE = {"t": 0.0, "g": 0.8, "g2": 0.9}
+CHANCE = {"t": 0.5}  # a binary task: chance 0.5; the general tests declare none
+# method: correct items of N on t (in-domain), g, g2
+COUNTS = {
+    "task_only": (190, 60, 40),    # learns, forgets
+    "freeze": (104, 180, 190),     # at chance on t (0.52): did not learn; forgets nothing
+    "ext_mix": (184, 132, 100),    # g: 0.66 against sasft's 0.70, intervals overlap
+    "sasft": (186, 140, 176),      # t: 0.93 within task_only's reach; g2: far ahead (0.88)
+}
+
+
+def plane_sweep(root, examples: bool = True):
+    for method, (t, g, g2) in COUNTS.items():
+        finals = {"t": t / N, "g": g / N, "g2": g2 / N}
+        items = {b: {"base": ones(round(BASE[b] * N)), "final": ones(c)}
+                 for b, c in zip(("t", "g", "g2"), (t, g, g2))}
+        history = [{"step": 0, "epoch": 0.0, "eval_in_domain": 0.0, "eval_kl_self": 0.0,
+                    "eval_kl_prompts": 0.0},
+                   {"loss": 1.0, "step": 5, "epoch": 1.0},
+                   {"step": 10, "epoch": 2.0, "eval_in_domain": t / N, "eval_kl_self": 0.3,
+                    "eval_kl_prompts": 0.1 if method == "sasft" else 0.5}]
+        rows = [{"benchmark": "g", "doc_id": i, "prompt": "Q" * 500 + " | which colour?",
+                 "target": "red", "base_answer": "Sure! It is red.\nDone.",
+                 "final_answer": "x" * 400} for i in range(5)] if examples else None
+        write_run(root, method, 1.0, 0, finals, base=BASE, items=items, chance=CHANCE,
+                  history=history, examples=rows)
+    return root
+
+
+def test_item_bootstrap_and_t_interval():
+    lo, hi = stats.item_interval([("b", ones(100, 200))])
+    assert 0.42 < lo < 0.46 and 0.54 < hi < 0.58  # 0.5 ± 1.96 * sqrt(0.25 / 200) = ± 0.069
+    assert stats.item_interval([("b", ones(100, 200))]) == (lo, hi)  # a fixed seed
+    assert stats.item_interval([("b", [0.0] * 50)]) == (0.0, 0.0)  # no change: no spread
+    # moved to the recorded score where a corpus-level metric differs from the items' mean
+    assert stats.item_interval([("b", ones(100, 200))], point=0.6) == pytest.approx(
+        (lo + 0.1, hi + 0.1))
+    assert stats.item_interval([("b", None)]) is None
+    assert stats.t_interval([0.5, 0.7]) == pytest.approx((0.6 - 1.2706, 0.6 + 1.2706), abs=1e-4)
+    assert stats.t_interval([0.5]) is None
+    # the same benchmark name and size draw the same items: a paired delta
+    a = stats.resampled_means(ones(120), "g")
+    b = stats.resampled_means(ones(100), "g")
+    d = stats.resampled_means([f - s for f, s in zip(ones(120), ones(100))], "g")
+    assert d == pytest.approx(a - b)
+
+
+def test_tie_rule_and_did_not_learn(tmp_path):
+    rep = report.build_report(plane_sweep(tmp_path / "sweep"))
+    by = {sc.benchmark: sc for sc in rep.table}
+    t, g, g2 = by["t"], by["g"], by["g2"]
+    # t: task_only 0.95 is best; sasft 0.93 and ext_mix 0.92 overlap it; freeze 0.52 does not
+    assert t.top == "task_only" and t.best == ["task_only", "ext_mix", "sasft"]
+    # freeze did not learn t (0.52, chance 0.5): out of the general scenarios, though it forgot
+    # least; without that rule it would be alone best on g (0.90) and g2 (0.95)
+    assert g.not_learned == {"freeze"} and "freeze" not in g.contenders
+    assert g.top == "sasft" and g.best == ["ext_mix", "sasft"]  # 0.66 overlaps 0.70
+    assert g2.best == ["sasft"]  # 0.88 against ext_mix's 0.50
+    assert rep.headline == "SA-SFT best or tied in 3 of 3 scenarios, alone best in 1"
+    assert compare.best_counts(rep.table) == {"task_only": (1, 0), "ext_mix": (2, 0),
+                                              "sasft": (3, 1)}
+    lo, hi = g.final["sasft"].items
+    assert lo < 0.70 < hi and hi - lo == pytest.approx(0.13, abs=0.02)
+    assert g.final["sasft"].seeds is None  # one seed
+
+    flagged = {v.run.label: v for v in rep.verdicts if not v.learned}
+    assert list(flagged) == ["freeze"]
+    assert "chance 0.500" in flagged["freeze"].reasons[0]
+    md = (rep.out_dir / "report.md").read_text()
+    assert "in-domain: best or tied in 1 of 1, alone best in 0" in md
+    assert "3 of 3 scenarios involve a method with a run that did not learn the task" in md
+    assert "1 of 4 runs did not learn the task" in md
+    assert "0.520 [0.46, 0.59] (+0.520), n=1 †" in md
+    assert "general, where the method learned the task" in md
+
+
+def test_did_not_learn_on_delta_and_a_learned_run(tmp_path):
+    root = tmp_path / "sweep"
+    base = {"u": 0.2, "g": 0.5}
+    # sasft: the same items right as the base (delta exactly 0); no chance score for u
+    write_run(root, "sasft", 1.0, 0, {"u": 0.2, "g": 0.5}, task="u", base=base,
+              items={"u": {"base": ones(40), "final": ones(40)}})
+    # freeze: +0.03 on 200 items, 10 items lost and 16 gained: the paired interval reaches 0
+    churn = [0.0] * 10 + [1.0] * 46 + [0.0] * 144
+    write_run(root, "freeze", 1.0, 0, {"u": 0.23, "g": 0.5}, task="u", base=base,
+              items={"u": {"base": ones(40), "final": churn}})
+    # ext_mix: also +0.03, but 6 items gained and none lost: paired, that is clearly above 0
+    write_run(root, "ext_mix", 1.0, 0, {"u": 0.23, "g": 0.4}, task="u", base=base,
+              items={"u": {"base": ones(40), "final": ones(46)}})
+    write_run(root, "task_only", 1.0, 0, {"u": 0.9, "g": 0.1}, task="u", base=base,
+              items={"u": {"base": ones(40), "final": ones(180)}})
+    judged = {v.run.method: v for v in compare.verdicts(report.find_runs(root)[0])}
+    assert judged["sasft"].delta.interval == (0.0, 0.0)
+    assert not judged["sasft"].learned and "not clearly above 0" in judged["sasft"].reasons[0]
+    assert not judged["freeze"].learned and judged["freeze"].delta.interval[0] <= 0
+    assert judged["ext_mix"].learned and judged["ext_mix"].delta.interval[0] > 0
+    assert judged["task_only"].learned and judged["task_only"].delta.interval[0] > 0.6
+    rep = report.build_report(root)
+    g = next(sc for sc in rep.table if sc.benchmark == "g")
+    assert g.not_learned == {"freeze", "sasft"}
+    # sasft (0.5) and freeze (0.5) forgot nothing on g, but did not learn u: ext_mix's 0.4
+    # (no items for g: a point) is best alone, ahead of task_only's 0.1
+    assert g.best == ["ext_mix"]
+
+
+def test_cell_pools_seeds_and_spans_both_intervals(tmp_path):
+    root = tmp_path / "sweep"
+    base = {"t": 0.0, "g": 0.5}
+    for seed, k in ((0, 120), (1, 140)):
+        write_run(root, "sasft", 1.0, seed, {"t": 0.9, "g": k / N}, base=base,
+                  items={"g": {"base": ones(100), "final": ones(k)}})
+    rep = report.build_report(root)
+    g = next(sc for sc in rep.table if sc.benchmark == "g").final["sasft"]
+    assert g.mean == pytest.approx(0.65) and g.n == 2
+    pooled = [(a + b) / 2 for a, b in zip(ones(120), ones(140))]
+    assert g.items == pytest.approx(stats.item_interval([("g", pooled)]))
+    assert g.seeds == pytest.approx(stats.t_interval([0.6, 0.7]))
+    assert g.interval == (min(g.items[0], g.seeds[0]), max(g.items[1], g.seeds[1]))
+
+
+def test_new_sections_and_figures(tmp_path):
+    rep = report.build_report(plane_sweep(tmp_path / "sweep"))
+    md = (rep.out_dir / "report.md").read_text()
+    for name in ("fig_plane.png", "fig_plane_m.png", "fig_kl_sasft.png", "fig_kl_freeze.png",
+                 report.FIG3):
+        assert (rep.out_dir / name).stat().st_size > 1000 and f"]({name})" in md
+    for section in ("## Runs that did not learn the task", "## Learning against forgetting",
+                    "## KL from the base during training", "## What forgetting looks like"):
+        assert section in md
+    plane = list(csv.DictReader((rep.out_dir / "plane.csv").open()))
+    sasft = next(r for r in plane if r["scope"] == "all models" and r["method"] == "sasft")
+    assert float(sasft["in_domain_change"]) == pytest.approx(0.93)
+    assert float(sasft["general_change"]) == pytest.approx((0.70 - 0.8 + 0.88 - 0.9) / 2)
+    assert float(sasft["general_lo"]) < float(sasft["general_change"]) < float(sasft["general_hi"])
+    kl = md.split("## KL from the base during training")[1].split("## What forgetting")[0]
+    assert "| sasft | 0.300 ± 0.000 | 0.100 ± 0.000 | 1 |" in kl
+    examples = md.split("## What forgetting looks like")[1].split("## Drift")[0]
+    assert "### g" in examples and "### t" not in examples
+    assert examples.count("| sasft |") == 3  # 5 rows in the file, 3 shown
+    assert "\\| which colour?" in examples  # `|` escaped; the prompt keeps its end
+    assert "Sure! It is red. ⏎ Done." in examples
+    assert "x" * 160 + "…" in examples and "x" * 161 not in examples
+    runs_csv = list(csv.DictReader((rep.out_dir / "runs.csv").open()))
+    row = next(r for r in runs_csv if r["method"] == "freeze" and r["benchmark"] == "t")
+    assert row["learned"] == "False" and float(row["final_lo"]) < 0.5
+
+
+def test_fig3_axis_option(tmp_path, capsys):
+    root = plane_sweep(tmp_path / "sweep", examples=False)
+    report.main([str(root), "--fig3-axis", "steps", "--out", str(tmp_path / "steps")])
+    assert "alone best in 1" in capsys.readouterr().out
+    assert (tmp_path / "steps" / report.FIG3).is_file()
+    with pytest.raises(SystemExit):
+        report.main([str(root), "--fig3-axis", "tokens"])
+
+
+def test_old_runs_without_items_or_kl(tmp_path):
+    """Schema 2 runs: no items, no chance, no epochs, no KL, no examples: no interval, judged
+    on point values, every section says what it lacks; nothing crashes."""
+    root = tmp_path / "old"
+    write_run(root, "task_only", 1.0, 0, {"t": 0.9, "g1": 0.3}, schema=2,
+              base={"t": 0.1, "g1": 0.5})
+    write_run(root, "sasft", 1.0, 0, {"t": 0.1, "g1": 0.5}, schema=2,
+              base={"t": 0.1, "g1": 0.5})
+    rep = report.build_report(root)
+    md = (rep.out_dir / "report.md").read_text()
+    assert "2 runs kept no per-item scores" in md
+    assert "point value" in md and "1 of 2 runs did not learn the task" in md
+    assert "No run logged KL during training" in md
+    assert "No run wrote forgetting_examples.jsonl" in md
+    assert "some runs logged no epoch" in md  # Figure 3 falls back to steps
+    assert (rep.out_dir / "fig_plane.png").is_file()
+    g1 = next(sc for sc in rep.table if sc.benchmark == "g1")
+    assert g1.best == ["task_only"]  # sasft did not learn t (delta 0): out of g1
+    results = json.loads(next(root.rglob("results.json")).read_text())
+    assert results["schema"] == 2
