@@ -9,10 +9,10 @@ from pathlib import Path
 
 from .compare import Verdict, plane
 from .figures import kl_figures, layer_figure, plane_figures, scatter_figure
+from .record import EXAMPLES_FILE
 from .runs import (DRIFT_FILE, MEASURES, Run, at_reference, ordered, pearson, seed_stats,
                    write_csv)
 
-EXAMPLES_FILE = "forgetting_examples.jsonl"  # written by the pipeline into each run directory
 EXAMPLES_PER_CELL = 3
 
 
@@ -148,6 +148,13 @@ def read_examples(run: Run) -> list[dict]:
     return rows
 
 
+def item_name(row: dict) -> str:
+    """The item's doc id, after its subtask where a group's task names it (mmlu_anatomy #3)."""
+    task = row.get("task")
+    return f"{task} #{row.get('doc_id')}" if task and task != row.get("benchmark") \
+        else f"#{row.get('doc_id')}"
+
+
 def example_lines(runs: list[Run], ratio: float | None) -> list[str]:
     chosen = sorted((r for r in runs if at_reference(r, ratio)),
                     key=lambda r: (r.model, r.task, r.seed, str(r.dir)))
@@ -167,7 +174,7 @@ def example_lines(runs: list[Run], ratio: float | None) -> list[str]:
              "only the way it answers? Long texts are cut (…); a prompt keeps its end."]
     for bench in sorted({b for b, _ in cells}):
         rows = [[label, f"{run.model} / {run.task} / seed {run.seed}",
-                 md_cell(row.get("doc_id"), 20), md_cell(row.get("prompt", ""), 200, tail=True),
+                 md_cell(item_name(row), 40), md_cell(row.get("prompt", ""), 200, tail=True),
                  md_cell(row.get("target", ""), 80), md_cell(row.get("base_answer", "")),
                  md_cell(row.get("final_answer", ""))]
                 for label in ordered(l for b, l in cells if b == bench)
