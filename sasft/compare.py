@@ -172,6 +172,8 @@ def headline(table: list[Scenario]) -> str:
     sasft, the line names them."""
     n, alone = _wins(table)
     variants = ordered({l for sc in table for l in sc.final if family(l) == HEADLINE_METHOD})
+    if not variants:
+        return f"No {HEADLINE_NAME} runs in these {len(table)} scenarios: each method's count is below"
     which = f" (any of: {'; '.join(variants)})" if len(variants) > 1 else ""
     return (f"{HEADLINE_NAME} best or tied in {n} of {len(table)} scenarios, alone best in "
             f"{alone}{which}")
@@ -196,7 +198,10 @@ def breakdown(table: list[Scenario]) -> str:
     bare = sum(s.seeds is None and s.items is None for s in cells)
     bare = (f" {bare} of {len(cells)} cells have no interval (one seed and no per-item scores): "
             "there only equal scores tie, and a win may be noise." if bare else "")
-    return f"{HEADLINE_NAME} per kind of scenario: " + "; ".join(parts) + f". {learned}.{bare}"
+    has_headline = any(family(l) == HEADLINE_METHOD for sc in table for l in sc.final)
+    per_kind = f"{HEADLINE_NAME} per kind of scenario: " + "; ".join(parts) + ". " \
+        if has_headline else ""
+    return f"{per_kind}{learned}.{bare}"
 
 
 def averages(table: list[Scenario], methods: list[str]) -> list[tuple[str, float, dict]]:
