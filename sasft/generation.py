@@ -2,10 +2,12 @@
 
 From its chat template's bare user-turn header the model samples a user message (the Magpie
 trick), then answers it; more turns may follow. Batched with the KV cache and left padding;
-cheap filters drop empty, truncated and duplicate dialogues, and count them. Two backends take
+cheap filters drop empty and duplicate dialogues, and count them; a turn that reaches the token
+limit is dropped, or with `truncated: cut` kept up to its last full sentence. Rounds go on
+while the yield allows (`min_yield`). Two backends take
 the same prompts and return the same turns: `hf` (transformers' `generate`, the default) and
 `vllm` (GPUs; imported only when chosen). Results are cached (sasft/cache.py) by the model's
-fingerprint, the settings that shape the dialogues, the count and the seed.
+fingerprint, the settings that shape the dialogues, the count and, with `per_seed`, the seed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -33,10 +36,29 @@ _SENTINEL = "\x00SASFT\x00"
 # the distribution, so they are kept out of the key: a bigger batch, or vLLM on a GPU, still
 # finds the cache. The meta file records which of them produced an entry.
 _KEY_FIELDS = ("num_turns", "temperature", "top_p", "top_k", "max_new_tokens", "oversample",
-               "max_attempts")
+               "truncated")
+# The seed a shared set of self-dialogues is drawn with (generation.per_seed=false).
+SHARED_SEED = 0
 
-# One turn for each prompt (None where truncated); adds the tokens it generated to stats["tokens"].
-Sampler = Callable[[list[str], Counter], list["str | None"]]
+
+class Truncated(str):
+    """The text of a turn that reached the token limit before its stop token."""
+
+
+# One turn for each prompt (a Truncated one, or None, where it hit the limit); adds the tokens
+# it generated to stats["tokens"].
+Sampler = Callable[[list[str], Counter], list[str]]
+
+# Where a sentence ends: after . ! ? (and a closing quote or bracket), before a space or the end;
+# or at a line break.
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*(?=\s|$)|\n")
+
+
+def cut_at_sentence(text: str) -> str | None:
+    """`text` up to the end of its last complete sentence; None if it has none."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    cut = text[: ends[-1]].strip() if ends else ""
+    return cut or None
 
 
 class GenerationError(SasftError, RuntimeError):
@@ -63,8 +85,9 @@ def stop_ids(model, tokenizer) -> list[int]:
 def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = None,
              keep_truncated: bool = False) -> list[str | None]:
     """Sample one turn for each prompt in a single batched call; None where the turn was
-    truncated (no stop token within max_new_tokens), or with `keep_truncated` the text so far. A row that has stopped is padded while the
-    others go on, and the call ends when every row has stopped. Adds the number of tokens
+    truncated (no stop token within max_new_tokens), or with `keep_truncated` the text so far
+    (a `Truncated` string). A row that has stopped is padded while the others go on, and the
+    call ends when every row has stopped. Adds the number of tokens
     generated (up to each row's stop token) to `stats["tokens"]`."""
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation appends on the right: pad on the left
@@ -96,8 +119,9 @@ def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = 
         generated += len(row) if end is None else end + 1
         if end is None and not keep_truncated:
             texts.append(None)
-        else:
-            texts.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+            continue
+        text = tokenizer.decode(row[:end], skip_special_tokens=True).strip()
+        texts.append(Truncated(text) if end is None else text)
     if stats is not None:
         stats["tokens"] += generated
     return texts
@@ -105,14 +129,15 @@ def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = 
 
 def hf_sampler(model, tokenizer, cfg) -> Sampler:
     """Turns from transformers' `generate` on the loaded model (`complete`)."""
-    return lambda prompts, stats: complete(model, tokenizer, prompts, cfg, stats)
+    return lambda prompts, stats: complete(model, tokenizer, prompts, cfg, stats,
+                                           keep_truncated=True)
 
 
 def vllm_sampler(model, tokenizer, cfg, seed: int) -> Sampler:
     """The same turns through a vLLM engine over the checkpoint `model` was loaded from (it
     must be the base model, unchanged: generation runs before training). Prompts go in as the
     token ids the hf backend uses, and the tokens come back decoded by the same tokenizer, so
-    the turns have the same form; a turn that ends by length is None, as in `complete`."""
+    the turns have the same form; a turn that ends by length is `Truncated`, as in `complete`."""
     try:
         from vllm import LLM, SamplingParams
     except ImportError as e:
@@ -139,20 +164,18 @@ def vllm_sampler(model, tokenizer, cfg, seed: int) -> Sampler:
         stop_token_ids=stop,
     )
 
-    def sample(prompts: list[str], stats: Counter) -> list[str | None]:
+    def sample(prompts: list[str], stats: Counter) -> list[str]:
         ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        texts: list[str | None] = []
+        texts: list[str] = []
         for request in llm.generate([{"prompt_token_ids": p} for p in ids], params,
                                     use_tqdm=False):
             turn = request.outputs[0]
             tokens = list(turn.token_ids)
             stats["tokens"] += len(tokens)
-            if turn.finish_reason != "stop":
-                texts.append(None)
-                continue
             if tokens and tokens[-1] in stop:
                 tokens.pop()
-            texts.append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
+            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            texts.append(text if turn.finish_reason == "stop" else Truncated(text))
         return texts
 
     return sample
@@ -170,7 +193,8 @@ def make_sampler(model, tokenizer, cfg, seed: int) -> tuple[Sampler, int | None]
 def generate_batch(sample: Sampler, tokenizer, size: int, cfg
                    ) -> tuple[list[Dialogue | None], Counter]:
     """`size` dialogues of `cfg.num_turns` turns; a dropped one is None, its reason counted
-    (and the tokens generated, under "tokens")."""
+    (and the tokens generated, under "tokens"). "truncated" counts the turns that reached the
+    token limit, "cut" those of them kept up to their last sentence (`cfg.truncated == "cut"`)."""
     dialogues: list[Dialogue | None] = [[] for _ in range(size)]
     drops: Counter = Counter()
     for _ in range(cfg.num_turns):
@@ -188,8 +212,17 @@ def generate_batch(sample: Sampler, tokenizer, size: int, cfg
                 ]
             drops["turns"] += len(prompts)
             for i, text in zip(alive, sample(prompts, drops)):
-                if text is None or not text:
-                    drops["truncated" if text is None else "empty"] += 1
+                if text is None:  # truncated, its text unknown
+                    text = Truncated("")
+                if isinstance(text, Truncated):
+                    drops["truncated"] += 1
+                    text = cut_at_sentence(text) if cfg.truncated == "cut" else None
+                    if text is None:
+                        dialogues[i] = None
+                        continue
+                    drops["cut"] += 1
+                if not text:
+                    drops["empty"] += 1
                     dialogues[i] = None
                 else:
                     dialogues[i].append({"role": role, "content": text})
@@ -212,8 +245,11 @@ def read_progress(path: Path | None) -> list[Dialogue]:
 
 def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int,
                             progress: Path | None = None) -> tuple[list, dict]:
-    """Exactly `count` usable, distinct dialogues, or a GenerationError after
-    `cfg.max_attempts` rounds. Returns the dialogues and the filter statistics. With
+    """Exactly `count` usable, distinct dialogues, or a GenerationError once the share of
+    generated dialogues kept falls below `cfg.min_yield`. Each round asks for what is still
+    missing divided by the yield observed so far (the first by `cfg.oversample`), so a
+    generation whose filters drop half its dialogues takes two rounds, not a fixed number of
+    tries. Returns the dialogues and the filter statistics. With
     `progress`, every kept dialogue is appended to that file as soon as it is kept, and a call
     that finds the file continues from its dialogues: a failure or an interruption loses none."""
     kept: list[Dialogue] = read_progress(progress)[:count]
@@ -226,11 +262,11 @@ def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int,
     sample, batch_size = make_sampler(model, tokenizer, cfg, seed)
     bar = tqdm(total=count, initial=len(kept), desc="self-dialogues", unit="dlg")
     log_file = progress.open("a", encoding="utf-8") if progress is not None else None
+    start_kept = len(kept)
     try:
-        for attempt in range(cfg.max_attempts):
-            if len(kept) >= count:
-                break
-            todo = math.ceil((count - len(kept)) * cfg.oversample)
+        factor = cfg.oversample
+        while len(kept) < count:
+            todo = math.ceil((count - len(kept)) * factor)
             step = batch_size or todo
             for start in range(0, todo, step):
                 batch, drops = generate_batch(sample, tokenizer, min(step, todo - start), cfg)
@@ -252,7 +288,12 @@ def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int,
                             log_file.flush()
                 if len(kept) >= count:
                     break
-            stats["rounds"] = attempt + 1
+            stats["rounds"] += 1
+            observed = (len(kept) - start_kept) / stats["generated"]
+            if len(kept) < count and observed < cfg.min_yield:
+                break
+            # What the next round needs, at the yield seen so far (at most 1 / min_yield times).
+            factor = 1 / max(observed, cfg.min_yield)
     finally:
         bar.close()
         if log_file is not None:
@@ -260,10 +301,11 @@ def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int,
         model.train(was_training)
     if len(kept) < count:
         raise GenerationError(
-            f"only {len(kept)} usable self-dialogues of the {count} needed after "
-            f"{cfg.max_attempts} rounds (generation.max_attempts); dropped: {dict(stats)}. "
-            "They are kept: running again continues from them. Check the model's chat "
-            "template, or raise generation.max_new_tokens / temperature."
+            f"only {len(kept)} usable self-dialogues of the {count} needed: after "
+            f"{stats['rounds']} rounds the yield fell below generation.min_yield="
+            f"{cfg.min_yield}; dropped: {dict(stats)}. They are kept: running again continues "
+            "from them. Check the model's chat template, or raise generation.max_new_tokens / "
+            "temperature, or set generation.truncated=cut."
         )
     stats["kept"] = len(kept)
     if stats["turns"]:
@@ -271,8 +313,13 @@ def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int,
     return kept, dict(stats)
 
 
+def generation_seed(cfg, seed: int) -> int:
+    """The seed the self-dialogues are drawn with: the run's, or one shared by every seed."""
+    return seed if cfg.per_seed else SHARED_SEED
+
+
 def cache_path(fingerprint: str, count: int, cfg, seed: int, cache_dir: str | Path) -> Path:
-    """Where the self-dialogues of these settings are kept."""
+    """Where the self-dialogues of these settings are kept (`seed`: the generation seed)."""
     name = cache.key({"model": fingerprint, "count": count, "seed": seed,
                       **{k: cfg[k] for k in _KEY_FIELDS}})
     return Path(cache_dir) / "self_dialogues" / f"{name}.jsonl"
@@ -285,6 +332,7 @@ def cached_self_dialogues(model, tokenizer, count: int, cfg, seed: int, fingerpr
     if count == 0:
         return [], {"kept": 0, "cached": False}
     settings = {k: cfg[k] for k in _KEY_FIELDS}
+    seed = generation_seed(cfg, seed)
     path = cache_path(fingerprint, count, cfg, seed, cache_dir)
 
     progress = path.with_suffix(".partial.jsonl")  # what an unfinished generation kept

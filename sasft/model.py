@@ -1,28 +1,36 @@
 """Loading a chat model and its tokenizer, from a local directory or a hub id, and naming it.
 
-`model.path` (a local directory) wins over `model.hub_id`; `model.revision` pins a hub commit.
-The toy models load exactly like hub models: `from_pretrained` on a directory. The only toy
-special case is that a missing toy checkpoint is built (pretrained) first.
+`model.path` (a local directory) wins over `model.gguf` (a GGUF file shipped in an installed
+Python package, converted once into an ordinary checkpoint under the cache), which wins over
+`model.hub_id`; `model.revision` pins a hub commit. The toy models load exactly like hub models:
+`from_pretrained` on a directory. The only toy special case is that a missing toy checkpoint is
+built (pretrained) first.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+import shutil
+import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from . import cache
 from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def model_source(cfg) -> str:
-    """The directory or hub id to load from; builds a missing toy checkpoint first."""
+    """The directory or hub id to load from; builds a missing toy checkpoint, or converts a
+    GGUF file not converted yet, first."""
     if cfg.path:
         if cfg.toy is not None:
             from .toy.build import ensure_toy_model
@@ -31,7 +39,80 @@ def model_source(cfg) -> str:
         if not Path(cfg.path).exists():
             raise ConfigError(f"model.path does not exist: {cfg.path}")
         return str(cfg.path)
+    if cfg.gguf is not None:
+        return str(gguf_checkpoint(cfg))
     return cfg.hub_id
+
+
+# --- a GGUF file from an installed package (model.gguf) -----------------------------------------
+
+
+def gguf_file(cfg) -> Path:
+    """The GGUF file `model.gguf` names, inside its installed package (found, not imported: a
+    package that only ships weights may import things it does not need here)."""
+    spec = cfg.gguf
+    missing = [m for m in (spec.package, "gguf") if find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"model={cfg.name} needs the {' and '.join(missing)} package"
+                          f"{'s' if len(missing) > 1 else ''}: {spec.install}")
+    path = Path(find_spec(spec.package).submodule_search_locations[0]) / spec.file
+    if not path.is_file():
+        raise ConfigError(f"model={cfg.name}: {spec.package} has no {spec.file}; reinstall it: "
+                          f"{spec.install}")
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: Path, size: int, mtime: float) -> str:  # size, mtime: a changed file rehashes
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def gguf_digest(cfg) -> str:
+    """The GGUF file's sha256, first 16 hex digits: names its conversion and the model."""
+    path = gguf_file(cfg)
+    stat = path.stat()
+    return _sha256(path, stat.st_size, stat.st_mtime)[:16]
+
+
+def gguf_checkpoint(cfg) -> Path:
+    """`<gguf.cache_dir>/models/<name>-<digest>`: an ordinary safetensors checkpoint (weights,
+    config, tokenizer with its chat template) converted from the GGUF file once, under a lock,
+    into a temporary directory renamed into place; later runs load it in seconds."""
+    target = Path(cfg.gguf.cache_dir) / "models" / f"{cfg.name}-{gguf_digest(cfg)}"
+    if (target / "config.json").is_file():
+        return target
+    with cache.locked(target):
+        if not (target / "config.json").is_file():  # another job may have converted it meanwhile
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            start = time.perf_counter()
+            convert_gguf(gguf_file(cfg), tmp)
+            os.replace(tmp, target)
+            log.info("converted %s into %s in %.0f s", gguf_file(cfg), target,
+                     time.perf_counter() - start)
+    return target
+
+
+def convert_gguf(path: Path, out: Path) -> None:
+    """Dequantize a GGUF checkpoint (transformers reads it with the gguf package) and save it
+    as float32 safetensors. A model loaded from GGUF refuses `save_pretrained` (it is flagged
+    quantized), so its weights go into a fresh model built from the same config, without the
+    quantization entry."""
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                  dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def _hub_kwargs(cfg) -> dict:
@@ -134,7 +215,10 @@ def hub_commit(cfg) -> str:
 def fingerprint(cfg) -> str:
     """A short id of the model's weights and tokenizer, for keys of cached artifacts.
     Local files are hashed by size and their first and last MiB (cheap even for 16 GB of
-    weights); a hub model is named by id and the commit it was loaded from."""
+    weights); a model converted from GGUF by the file's hash; a hub model by id and the commit it
+    was loaded from."""
+    if not cfg.path and cfg.gguf is not None:
+        return gguf_digest(cfg)
     if not cfg.path:
         return hashlib.sha256(f"{cfg.hub_id}@{hub_commit(cfg)}".encode()).hexdigest()[:16]
     digest = hashlib.sha256()

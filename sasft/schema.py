@@ -212,7 +212,9 @@ class GenerationSchema:
     max_new_tokens: int = limits(min=1)
     batch_size: int = limits(min=1)
     oversample: float = limits(min=1.0)  # filters only ever drop dialogues
-    max_attempts: int = limits(min=1)
+    truncated: str = limits(choices=("drop", "cut"))
+    min_yield: float = limits(above=0.0, max=1.0)  # 0 would never stop a hopeless generation
+    per_seed: bool = MISSING
     sample_size: int = limits(min=0)
     vllm_gpu_memory_utilization: float = limits(above=0.0, max=1.0)
 

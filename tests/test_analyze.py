@@ -29,7 +29,7 @@ SETTINGS = analyze.Settings(dialogues=4, max_prompts=6, batch_size=8, max_len=12
 # The runs' self-dialogue settings (their config's generation), which the analysis samples with.
 MODEL = OmegaConf.to_container(compose_config([]).model)
 GENERATION = {**compose_config([]).generation, "num_turns": 1, "max_new_tokens": 64,
-              "oversample": 16, "max_attempts": 8, "batch_size": 64}
+              "oversample": 16, "min_yield": 0.01, "batch_size": 64}
 
 
 def tiny_model(tokenizer) -> LlamaForCausalLM:

@@ -105,9 +105,9 @@ def test_filters_drop_and_count_empty_truncated_duplicate(toy, monkeypatch):
     # No turn can end within 2 tokens: every dialogue is truncated.
     ("truncated", {"max_new_tokens": 2}),
 ])
-def test_unreachable_count_stops_after_max_attempts(toy, monkeypatch, why, changes):
+def test_a_hopeless_generation_stops_when_its_yield_is_near_zero(toy, monkeypatch, why, changes):
     model, tokenizer, cfg = toy
-    gen = gen_cfg(cfg, num_turns=1, batch_size=8, max_attempts=3, **changes)
+    gen = gen_cfg(cfg, num_turns=1, batch_size=8, min_yield=0.25, **changes)
     calls = Counter()
     real = generation.make_sampler
 
@@ -121,11 +121,11 @@ def test_unreachable_count_stops_after_max_attempts(toy, monkeypatch, why, chang
         return counted, batch_size
 
     monkeypatch.setattr(generation, "make_sampler", counting)
-    with pytest.raises(GenerationError, match="max_attempts") as error:
+    with pytest.raises(GenerationError, match="min_yield") as error:
         generate_self_dialogues(model, tokenizer, 4, gen, seed=0)
     assert why in str(error.value)
-    # 3 rounds of at most ceil(4 * 1.25) = 5 dialogues (one batch each), 2 calls per batch.
-    assert calls["sampler"] <= 3 * 2
+    # One round of ceil(4 * 1.25) = 5 dialogues (one batch) keeps at most 1: yield 0.2 < 0.25.
+    assert calls["sampler"] <= 2
 
 
 def test_a_missing_vllm_is_a_clear_error(toy):
@@ -171,9 +171,9 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients(toy):
 def test_kept_dialogues_survive_a_failure_and_a_rerun_continues_from_them(toy, monkeypatch,
                                                                          tmp_path):
     model, tokenizer, cfg = toy
-    gen = gen_cfg(cfg, num_turns=1, oversample=1.0, batch_size=4, max_attempts=1)
+    gen = gen_cfg(cfg, num_turns=1, oversample=1.0, batch_size=4, min_yield=0.9)
     progress = tmp_path / "entry.partial.jsonl"
-    # First attempt: 2 of the 3 dialogues needed, then the rounds run out.
+    # First attempt: 2 of the 3 dialogues needed, a yield (2/3) below min_yield: it stops.
     first = scripted([["a", "b", None], ["1", "2"]])
     monkeypatch.setattr(generation, "make_sampler", lambda *args: (first, gen.batch_size))
     with pytest.raises(GenerationError, match="They are kept: running again continues"):
@@ -191,7 +191,7 @@ def test_kept_dialogues_survive_a_failure_and_a_rerun_continues_from_them(toy, m
 
 def test_the_cache_keeps_partial_work_until_the_entry_is_made(toy, monkeypatch, tmp_path):
     model, tokenizer, cfg = toy
-    gen = gen_cfg(cfg, num_turns=1, oversample=1.0, batch_size=4, max_attempts=1)
+    gen = gen_cfg(cfg, num_turns=1, oversample=1.0, batch_size=4, min_yield=0.9)
     monkeypatch.setattr(generation, "make_sampler",
                         lambda *args: (scripted([["a", None, None, None], ["1"]]), 4))
     with pytest.raises(GenerationError):
