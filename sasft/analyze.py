@@ -46,6 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from .peft import load_finetuned
 from .data import read_jsonl, tokenize
 from .generation import cached_self_dialogues, complete
+from .kl import chunks, right_padded
 from .model import fingerprint, load_model
 from .cache import publish_json
 from .record import read_results
@@ -187,21 +188,6 @@ def weight_drift(base_dir: Path, tuned) -> dict:
 
 
 # --- behaviour: NLL, KL, greedy answers -----------------------------------------------------
-
-
-def chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def right_padded(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()

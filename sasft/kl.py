@@ -22,7 +22,13 @@ from .data import tokenize
 KL_SEED = 1_000_019  # not a training seed: the held-out dialogues are not sasft's own mix
 
 
-def _padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded on the right, and the attention mask."""
     ids = torch.full((len(rows), max(map(len, rows))), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, row in enumerate(rows):
@@ -44,18 +50,14 @@ class KLProbe:
             add_special_tokens=False, truncation=True, max_length=max_seq_len)["input_ids"]
             for p in prompts]
         with torch.no_grad(), _eval_mode(model):
-            self.base_token_lp = [lp for chunk in self._chunks(self.rows)
+            self.base_token_lp = [lp for chunk in chunks(self.rows, self.batch_size)
                                   for lp in self._token_logprobs(model, chunk)]
-            self.base_next = [row for chunk in self._chunks(self.prompts)
+            self.base_next = [row for chunk in chunks(self.prompts, self.batch_size)
                               for row in self._next_logprobs(model, chunk)]
-
-    def _chunks(self, items):
-        for start in range(0, len(items), self.batch_size):
-            yield items[start:start + self.batch_size]
 
     def _token_logprobs(self, model, rows: list[dict]) -> list[torch.Tensor]:
         """log p(token) of each labelled (answer) token of each row."""
-        ids, mask = _padded([r["input_ids"] for r in rows], self.pad, model.device)
+        ids, mask = right_padded([r["input_ids"] for r in rows], self.pad, model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         lp = torch.gather(F.log_softmax(logits, -1), 2, ids[:, 1:, None])[..., 0].cpu()
         return [lp[i, :len(r["labels"]) - 1][torch.tensor(r["labels"][1:]) != -100]
@@ -63,7 +65,7 @@ class KLProbe:
 
     def _next_logprobs(self, model, rows: list[list[int]]) -> list[torch.Tensor]:
         """The next-token log-distribution after each prompt (right padding: at its end)."""
-        ids, mask = _padded(rows, self.pad, model.device)
+        ids, mask = right_padded(rows, self.pad, model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         last = mask.sum(1) - 1
         return list(F.log_softmax(logits[torch.arange(len(rows)), last], -1).cpu())
@@ -73,12 +75,12 @@ class KLProbe:
         out = {}
         with _eval_mode(model):
             if self.rows:
-                now = [lp for chunk in self._chunks(self.rows)
+                now = [lp for chunk in chunks(self.rows, self.batch_size)
                        for lp in self._token_logprobs(model, chunk)]
                 diffs = torch.cat([b - n for b, n in zip(self.base_token_lp, now)])
                 out["kl_self"] = diffs.double().mean().item()
             if self.prompts:
-                now = [row for chunk in self._chunks(self.prompts)
+                now = [row for chunk in chunks(self.prompts, self.batch_size)
                        for row in self._next_logprobs(model, chunk)]
                 kls = [(b.exp() * (b - n)).sum() for b, n in zip(self.base_next, now)]
                 out["kl_prompts"] = torch.stack(kls).double().mean().item()
