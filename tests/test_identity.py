@@ -239,7 +239,9 @@ def test_two_processes_make_one_run(tmp_path, launcher):
     assert len(found) == 1, out[-4000:]
     results = json.loads(found[0].read_text())
     assert results["mix"]["auxiliary"] == 12 and results["scores"]["parity"]["final"] >= 0
-    assert len(list((tmp_path / "cache" / "self_dialogues").glob("*.jsonl"))) == 1
-    assert out.count("generated 12 self-dialogues") == 1  # shared work once, on rank 0
+    # The mix's 12 self-dialogues and the KL probe's held-out 32: each made once, on rank 0.
+    assert len(list((tmp_path / "cache" / "self_dialogues").glob("*.jsonl"))) == 2
+    assert out.count("generated 12 self-dialogues") == 1
+    assert out.count("generated 32 self-dialogues") == 1
     assert out.count("results: ") == 1
     assert identity(compose_config(SMALL))["seed"] == results["identity"]["seed"]
