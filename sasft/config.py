@@ -52,8 +52,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"model.path does not exist: {path}")
         if path.exists() and not (path / "config.json").is_file():
             raise ConfigError(f"model.path has no config.json, so it is not a model: {path}")
-    elif not model.hub_id:
-        raise ConfigError("model needs a local `path` or a `hub_id`")
+    elif not model.hub_id and not model.get("gguf"):
+        raise ConfigError("model needs a local `path`, a `gguf` file or a `hub_id`")
 
     if cfg.train.use_liger_kernel:
         import torch

@@ -151,7 +151,9 @@ def _assistant_char_spans(tokenizer, dialogue: Dialogue) -> tuple[str, list[tupl
                 "the whole conversation, so assistant tokens cannot be located; add "
                 "{% generation %} blocks around assistant content in the template"
             )
-        spans.append((len(start), len(end)))
+        # Up to the end-of-turn token, not the newline some templates (ChatML) write after it.
+        stop = len(end.rstrip())
+        spans.append((len(start), stop))
     return text, spans
 
 

@@ -128,13 +128,28 @@ def _metric_key(spec: dict) -> str:
     return f"{spec['metric'] or 'exact_match'},extract"
 
 
+# lm-eval tasks the project ships (sasft/smol/lm_eval_tasks: IFEval's checkers on local prompts),
+# registered beside lm-eval's own.
+TASK_DIRS = (Path(__file__).resolve().parent / "smol" / "lm_eval_tasks",)
+
+
 @functools.lru_cache(maxsize=1)
 def _task_manager():
     """lm-eval's task index (a scan of its task YAMLs, seconds): built once per process, not
     at every in-domain evaluation during training."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager()
+    return TaskManager(include_path=[str(d) for d in TASK_DIRS])
+
+
+def _shipped_task_digest() -> str:
+    """The bytes of the project's own lm-eval tasks and the data beside them: an edited one is
+    another benchmark, whose cached base scores must not be reused."""
+    digest = hashlib.sha256()
+    for root in TASK_DIRS:
+        for f in [*sorted(root.glob("*.*")), *sorted((root.parent / "data").rglob("*.jsonl"))]:
+            digest.update(f.name.encode() + f.read_bytes())
+    return digest.hexdigest()
 
 
 def build_tasks(benchmarks: dict[str, dict], eos: str) -> tuple[list, dict[str, tuple]]:
@@ -278,7 +293,10 @@ def _base_key(fingerprint: str, name: str, spec: dict, cfg) -> str:
     file is another benchmark) and lm-eval's version (its registry tasks change by release)."""
     spec = benchmark_spec(spec)
     file = spec["file"]
-    digest = hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
+    if file:
+        digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
+    else:  # a registry task: lm-eval's version names it, or the bytes of one the project ships
+        digest = _shipped_task_digest() if spec["lm_eval_task"].startswith("sasft_") else None
     return cache.key({"model": fingerprint, "name": name, "spec": spec,
                       **{k: cfg[k] for k in _EVAL_KEYS}, "file_digest": digest,
                       "lm_eval": metadata.version("lm_eval"), "format": _CACHE_FORMAT})

@@ -86,8 +86,9 @@ def data_mix(cfg: DictConfig, method, task: Task, ctx: MethodContext
 
 
 def kl_probe(cfg: DictConfig, model, tokenizer, model_id: str, benchmarks: dict) -> KLProbe | None:
-    """The fixed sets KL(base || current) is measured on during training (sasft/kl.py)."""
-    if not (cfg.eval.kl_dialogues or cfg.eval.kl_prompts):
+    """The fixed sets KL(base || current) is measured on during training (sasft/kl.py), if
+    there are periodic evaluations to measure it at."""
+    if not cfg.train.eval_every_steps or not (cfg.eval.kl_dialogues or cfg.eval.kl_prompts):
         return None
     dialogues, _ = cached_self_dialogues(model, tokenizer, cfg.eval.kl_dialogues, cfg.generation,
                                          KL_SEED, model_id, cfg.cache_dir)

@@ -53,6 +53,7 @@ NOT_IDENTITY = (
     # run finds the same dialogues whatever its batch size or backend (sasft/generation.py).
     "generation.batch_size", "generation.backend", "generation.sample_size",
     "generation.vllm_gpu_memory_utilization",
+    "generation.min_yield",  # only decides when a generation gives up with an error
 )
 HASH_LENGTH = 8
 

@@ -236,9 +236,9 @@ def test_real_style_templates_train_on_assistant_tokens_only(checkpoints, family
                 {"role": "assistant", "content": "6."}]
     row = tokenize(tokenizer, dialogue, max_length=512)
     trained = tokenizer.decode([t for t in row["labels"] if t != -100])
-    # Both answers and the end-of-turn token after each: the model must learn to stop. (Qwen's
-    # template writes a newline after <|im_end|>, so that newline is part of the turn.)
-    end = END_OF_TURN[family] + ("\n" if family == "qwen2" else "")
+    # Both answers and the end-of-turn token after each: the model must learn to stop. (Not the
+    # newline ChatML writes after <|im_end|>: generation stops at <|im_end|>.)
+    end = END_OF_TURN[family]
     assert trained == f"4, of course. Grüße!{end}6.{end}"
     assert row["input_ids"] == tokenizer.apply_chat_template(dialogue, tokenize=True,
                                                              return_dict=True)["input_ids"]

@@ -221,15 +221,14 @@ def test_a_downsized_smol_experiment_runs_end_to_end_on_the_real_weights(smol_ca
         text = tokenizer.apply_chat_template(dialogue, tokenize=False)
         assert text == system + "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
                                         for m in dialogue)
-        # Assistant-only labels: exactly the answer, its <|im_end|> and the "\n" the template
-        # writes after it (sasft/data.py labels the assistant turn's whole rendered span), and
-        # nothing of the system prompt or the user turn.
+        # Assistant-only labels: exactly the answer and its <|im_end|>; not the newline the
+        # template writes after it, nothing of the system prompt or the user turn.
         row = tokenize(tokenizer, dialogue, cfg.train.max_seq_len)
         labelled = [t for t in row["labels"] if t != -100]
-        assert tokenizer.decode(labelled) == dialogue[1]["content"] + "<|im_end|>\n"
-        assert labelled == row["input_ids"][-len(labelled):]
+        assert tokenizer.decode(labelled) == dialogue[1]["content"] + "<|im_end|>"
+        assert labelled == row["input_ids"][-len(labelled) - 1:-1]
 
     general = {n: s for n, s in results["scores"].items() if s["kind"] == "general"}
-    assert set(general) == {"capitals", "continents", "opposites", "plurals"}
+    assert set(general) == {"capitals", "continents", "opposites", "plurals", "ifeval_simple"}
     assert all(s["base"] > 0 for s in general.values()), general
     assert results["mix"]["auxiliary"] == 4
