@@ -140,7 +140,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     # 4. Train: the method decides what is trainable and any loss term; the rest is shared.
     method.select_trainable(model)
     model = apply_peft(model, cfg.peft, method)  # LoRA adapters, if any, where it trains
-    penalty = method.penalty(model, ctx)
+    with _timed(timings, "penalty"):  # EWC's Fisher: its self-dialogues and gradients
+        penalty = method.penalty(model, ctx)
     in_domain = {cfg.task.name: benchmarks[cfg.task.name]}
 
     def periodic_eval(m) -> dict[str, float]:  # Figure 3's in-domain score, and the KL
