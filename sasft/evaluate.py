@@ -342,7 +342,6 @@ def forgotten(base: list[dict] | None, final: list[dict] | None, limit: int) -> 
     return rows
 
 
-
 def benchmark_prompts(benchmarks: dict[str, dict], eos: str, per_benchmark: int) -> list[str]:
     """The first `per_benchmark` questions of each benchmark as lm-eval poses them (zero-shot,
     without the chat template), drawn in turn from each task a group holds."""

@@ -10,8 +10,8 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
-from .runs import (MEASURES, METHOD_ORDER, Run, Stat, at_reference, ordered, pearson,
-                   seed_stats, write_csv)
+from .runs import MEASURES, METHOD_ORDER, Run, at_reference, ordered, write_csv
+from .stats import Stat, pearson, seed_stats
 
 FIG2, FIG3 = "fig2_mix_ratio.png", "fig3_in_domain_steps.png"
 

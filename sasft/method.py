@@ -201,18 +201,14 @@ class SelfDialogueMix(Method):
 
 
 def final_answer(text: str, spec: dict) -> str:
-    """What the task's test compares in `text`, as its lm-eval filters and exact match do: the
-    `answer_regex` match (lm-eval's regex filter: the `group_select`-th match, its first
-    non-empty group), else the reply; then `regexes_to_ignore` removed and case folded if set."""
+    """What the task's test compares in `text`: the `answer_regex` match through lm-eval's own
+    regex filter (the one sasft/evaluate.py gives the test; "" where nothing matches), else the
+    stripped reply; then, as exact match does, `regexes_to_ignore` removed and case folded."""
     if spec["answer_regex"]:
-        found = re.findall(spec["answer_regex"], text)
-        if not found:
-            return ""
-        match = found[spec["group_select"]] if -len(found) <= spec["group_select"] < len(found) \
-            else found[0]
-        if isinstance(match, tuple):
-            match = next((m for m in match if m), "")
-        text = match
+        from lm_eval.filters.extraction import RegexFilter
+
+        found = RegexFilter(spec["answer_regex"], spec["group_select"], fallback="")
+        text = found.apply([[text]], [{}])[0][0]
     text = text.strip()
     for pattern in spec["regexes_to_ignore"]:
         text = re.sub(pattern, "", text)

@@ -126,6 +126,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     with _timed(timings, "base_eval"):
         base, computed = dist.on_main(cached_base_scores, model, tokenizer, benchmarks, cfg.eval,
                                       model_id, cfg.cache_dir)
+    with _timed(timings, "kl_probe"):  # held-out self-dialogues and the base's distributions
         probe = dist.on_main(kl_probe, cfg, model, tokenizer, model_id, benchmarks)
 
     # 3. The data mix: the task data as the method trains on it, plus its auxiliary dialogues.

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .record import RESULTS_FILE, SCHEMA_VERSION
-from .stats import Stat, pearson, seed_stats  # noqa: F401  (the report's and analyze's names)
 
 # Baselines, then the defences against forgetting, SA-SFT last.
 METHOD_ORDER = ("task_only", "freeze", "freeze_half", "ext_mix", "ext_mix_ultrachat", "replay",

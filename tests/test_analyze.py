@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sasft import analyze, report, runs
+from sasft import analyze, report, stats
 from sasft.data import tokenize
 from sasft.rundir import identity_hash, variant
 from sasft.record import summarize, write_results
@@ -195,7 +195,7 @@ def test_report_drift_section(sweep, tmp_path):
 
 
 def test_pearson():
-    assert runs.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert runs.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert runs.pearson([1, 2], [1, 2]) is None
-    assert runs.pearson([1, 1, 1], [1, 2, 3]) is None
+    assert stats.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert stats.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert stats.pearson([1, 2], [1, 2]) is None
+    assert stats.pearson([1, 1, 1], [1, 2, 3]) is None

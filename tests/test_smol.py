@@ -5,7 +5,6 @@ and tasks. The data checks run everywhere; the end-to-end run needs the package 
 from __future__ import annotations
 
 import json
-import random
 import re
 from importlib.util import find_spec
 
