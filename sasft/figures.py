@@ -116,12 +116,25 @@ def curve(runs: list[Run], key: str = "eval_in_domain") -> list[tuple[int, float
     by_step: dict[int, list[tuple[int, float]]] = defaultdict(list)
     epochs: dict[int, float] = {}
     for run in runs:
-        for entry in run.results.get("history", []):
+        for entry in logged(run, key):
             if key in entry and "step" in entry:
                 by_step[int(entry["step"])].append((run.seed, entry[key]))
                 if "epoch" in entry or int(entry["step"]) == 0:  # step 0 is epoch 0
                     epochs[int(entry["step"])] = float(entry.get("epoch", 0.0))
     return [(step, epochs.get(step), seed_stats(by_step[step])) for step in sorted(by_step)]
+
+
+def logged(run: Run, key: str) -> list[dict]:
+    """The run's history; the in-domain curve ends at the final score, at the last step, where
+    no periodic evaluation fell there (a run without them would otherwise show step 0 alone)."""
+    history = [e for e in run.results.get("history", []) if "step" in e]
+    if key != "eval_in_domain" or not history or run.in_domain is None:
+        return history
+    last = max(history, key=lambda e: e["step"])
+    if any(key in e and e["step"] == last["step"] for e in history):
+        return history
+    final = {"step": last["step"], key: run.results["scores"][run.in_domain]["final"]}
+    return history + [final | ({"epoch": last["epoch"]} if "epoch" in last else {})]
 
 
 def _axis(curves, axis: str) -> tuple[str, str]:

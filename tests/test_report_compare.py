@@ -196,3 +196,19 @@ def test_old_runs_without_items_or_kl(tmp_path):
     assert g1.best == ["task_only"]  # sasft did not learn t (delta 0): out of g1
     results = json.loads(next(root.rglob("results.json")).read_text())
     assert results["schema"] == 2
+
+
+def test_fig3_ends_at_the_final_score_without_periodic_evaluations(tmp_path):
+    """A run with eval_every_steps 0 logs step 0 only; its curve still reaches the final score,
+    at the last step and epoch. A run whose last evaluation fell on the last step gains nothing."""
+    root = tmp_path / "sweep"
+    write_run(root, "task_only", 1.0, 0, {"t": 0.6, "g": 0.5}, base={"t": 0.1, "g": 0.8},
+              history=[{"step": 0, "epoch": 0.0, "eval_in_domain": 0.1},
+                       {"loss": 1.0, "step": 20, "epoch": 0.8},
+                       {"train_runtime": 9.0, "step": 25, "epoch": 1.0}])
+    write_run(root, "sasft", 1.0, 0, {"t": 0.4, "g": 0.8}, base={"t": 0.1, "g": 0.8})
+    rep = report.build_report(root)
+    rows = list(csv.DictReader((rep.out_dir / "in_domain_steps.csv").open()))
+    points = {(r["method"], int(r["step"])): (float(r["epoch"]), float(r["mean"])) for r in rows}
+    assert points == {("task_only", 0): (0.0, 0.1), ("task_only", 25): (1.0, 0.6),
+                      ("sasft", 0): (0.0, 0.1), ("sasft", 20): (2.0, 0.4)}
