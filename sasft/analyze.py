@@ -47,7 +47,7 @@ from .peft import load_finetuned
 from .data import read_jsonl, tokenize
 from .generation import cached_self_dialogues, complete
 from .kl import chunks, right_padded
-from .model import fingerprint, load_model
+from .model import fingerprint, load_model, model_source
 from .cache import publish_json
 from .record import read_results
 from .runs import DRIFT_FILE, Run, find_runs
@@ -288,8 +288,9 @@ def general_prompts(cfg: DictConfig, tokenizer, limit: int) -> dict[str, tuple[l
 
 
 def weights_dir(model_cfg: DictConfig) -> Path:
-    if model_cfg.get("path"):
-        return Path(model_cfg.path)
+    """The base model's checkpoint directory: its path, its converted GGUF, or its hub snapshot."""
+    if model_cfg.get("path") or model_cfg.get("gguf"):
+        return Path(model_source(model_cfg))
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(model_cfg.hub_id, revision=model_cfg.get("revision"),
@@ -320,6 +321,7 @@ def reference_key(cfg: DictConfig, settings: Settings) -> str:
 
 
 def build_reference(cfg: DictConfig, settings: Settings) -> Reference:
+    weights = weights_dir(cfg.model)  # before the costly part: a missing snapshot fails fast
     model, tokenizer = load_model(cfg.model)
     model.eval()
     cache_dir = settings.cache_dir or cfg.get("cache_dir") or Path.home() / ".cache" / "sasft"
@@ -333,7 +335,7 @@ def build_reference(cfg: DictConfig, settings: Settings) -> Reference:
                   for texts, _ in prompts.values() for t in texts]
     answers = {b: greedy_answers(model, tokenizer, texts, n, settings.batch_size)
                for b, (texts, n) in prompts.items()}
-    return Reference(reference_key(cfg, settings), model, tokenizer, weights_dir(cfg.model),
+    return Reference(reference_key(cfg, settings), model, tokenizer, weights,
                      ids, prompts, prompt_ids,
                      mean_nll(model, ids, tokenizer.pad_token_id, settings.batch_size),
                      answers, {**stats, "count": len(ids), "seed": ANALYSIS_SEED})

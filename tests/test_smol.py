@@ -231,3 +231,8 @@ def test_a_downsized_smol_experiment_runs_end_to_end_on_the_real_weights(smol_ca
     assert set(general) == {"capitals", "continents", "opposites", "plurals", "ifeval_simple"}
     assert all(s["base"] > 0 for s in general.values()), general
     assert results["mix"]["auxiliary"] == 4
+    # The drift analysis compares a run's weights with the converted checkpoint, not the hub's.
+    from sasft.analyze import weights_dir
+
+    converted = weights_dir(compose_config([f"cache_dir={smol_cache}", "model=smol"]).model)
+    assert converted.parent == smol_cache / "models" and (converted / "config.json").is_file()
