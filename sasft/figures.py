@@ -323,11 +323,14 @@ def _layer_panel(ax, drifts: list[dict]) -> None:
         ys = [_mean(w["layers"][i][kind] for w in drifts) for i in range(n)]
         style = {"color": "black", "linewidth": 2} if kind == "all" else {}
         ax.plot(range(n), ys, marker=".", label=kind, **style)
-    for x, part, marker in ((-1, "embeddings", "s"), (n, "lm_head", "^")):
+    step = max(1, math.ceil(n / 8))  # a 30-layer model's labels would run into each other
+    first, last = -step, n - 1 + step
+    for x, part, marker in ((first, "embeddings", "s"), (last, "lm_head", "^")):
         y = _mean(w.get(part) for w in drifts)
         if y is not None:
             ax.plot([x], [y], marker=marker, color="gray", linestyle="none", label=part)
-    ax.set_xticks(range(-1, n + 1), ["emb", *map(str, range(n)), "head"])
+    layers = range(0, n, step)
+    ax.set_xticks([first, *layers, last], ["emb", *map(str, layers), "head"])
     ax.set(xlabel="decoder layer", ylabel="relative change")
 
 
