@@ -50,8 +50,7 @@ from .kl import chunks, right_padded
 from .model import fingerprint, load_model, model_source
 from .cache import publish_json
 from .record import read_results
-from .runs import DRIFT_FILE, Run, find_runs
-from .toy.world import HOUSE_PREFIX
+from .report.runs import DRIFT_FILE, Run, find_runs
 
 log = logging.getLogger(__name__)
 
@@ -235,33 +234,35 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int,
             for answer in complete(model, tokenizer, chunk, greedy, keep_truncated=True)]
 
 
-def is_leaked(base_answer: str, tuned_answer: str, toy: bool) -> bool | None:
+def is_leaked(base_answer: str, tuned_answer: str, prefix: str | None) -> bool | None:
     """Whether the tuned answer left the base's style; None where the base answer gives no
-    reference (toy: the base itself did not answer in the house style; else: it was empty)."""
-    if toy:
-        if not base_answer.startswith(HOUSE_PREFIX):
+    reference (a house style, `model.style_prefix`: the base itself did not answer in it; else:
+    it was empty)."""
+    if prefix is not None:
+        if not base_answer.startswith(prefix):
             return None
-        return not tuned_answer.startswith(HOUSE_PREFIX)
+        return not tuned_answer.startswith(prefix)
     if not base_answer:
         return None
     return len(tuned_answer) < LENGTH_PROXY * len(base_answer)
 
 
-def leakage_rule(toy: bool) -> tuple[str, str]:
-    if toy:
-        return "house_prefix", (f"toy model: an answer not opening with {HOUSE_PREFIX!r} is "
+def leakage_rule(prefix: str | None) -> tuple[str, str]:
+    if prefix is not None:
+        return "house_prefix", (f"house style: an answer not opening with {prefix!r} is "
                                 "leaked, over the prompts the base answers in that style")
-    return "length_proxy", (f"length proxy (not a toy model): an answer shorter than "
+    return "length_proxy", (f"length proxy (no house style): an answer shorter than "
                             f"{LENGTH_PROXY:g} x the base answer's length counts as leaked")
 
 
-def style_leakage(base: dict[str, list[str]], tuned: dict[str, list[str]], toy: bool) -> dict:
-    verdicts = {b: [is_leaked(x, y, toy) for x, y in zip(base[b], tuned[b])] for b in base}
+def style_leakage(base: dict[str, list[str]], tuned: dict[str, list[str]],
+                  prefix: str | None) -> dict:
+    verdicts = {b: [is_leaked(x, y, prefix) for x, y in zip(base[b], tuned[b])] for b in base}
     share = lambda vs: (sum(vs) / len(vs)) if vs else None  # noqa: E731
     counted = [v for vs in verdicts.values() for v in vs if v is not None]
     examples = [{"benchmark": b, "base": base[b][i], "finetuned": tuned[b][i]}
                 for b, vs in verdicts.items() for i, v in enumerate(vs) if v][:5]
-    rule, note = leakage_rule(toy)
+    rule, note = leakage_rule(prefix)
     return {"share": share(counted), "leaked": sum(counted), "counted": len(counted),
             "prompts": sum(len(v) for v in verdicts.values()), "rule": rule, "note": note,
             "per_benchmark": {b: share([v for v in vs if v is not None])
@@ -392,7 +393,7 @@ def analyze_run(run_dir: Path, settings: Settings, references: References | None
         "self_dialogue_nll": {"base": ref.nll, "finetuned": nll, "increase": nll - ref.nll,
                               "dialogues": ref.dialogue_stats},
         "kl": {"mean": kl, "last_prompt_token": kl_last, "prompts": len(ref.prompt_ids)},
-        "style_leakage": style_leakage(ref.answers, answers, toy=cfg.model.toy is not None),
+        "style_leakage": style_leakage(ref.answers, answers, prefix=cfg.model.style_prefix),
         "settings": asdict(settings),
     }
     publish_json(run_dir / DRIFT_FILE, drift)

@@ -20,7 +20,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from . import dist, record, wandb
-from .config import CONF_MODULE, SasftError
+from .errors import SasftError
+from .paths import CONF_MODULE
 from .pipeline import run_experiment
 from .rundir import check_identity, identity, owned
 from .train import last_checkpoint

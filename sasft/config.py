@@ -8,14 +8,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-# The repository's conf/, shipped inside the package as sasft.conf (pyproject.toml).
-CONF_MODULE = "sasft.conf"
+from .errors import ConfigError
+from .paths import CONF_MODULE, PACKAGE_DIR
+from .rundir import run_path
+from .schema import check, register
+
+register()
 
 
 def _run_path(*, _root_) -> str:
-    from .rundir import run_path
-
     return run_path(_root_)
 
 
@@ -28,27 +29,16 @@ for _name, _resolver in (("sasft_pkg", lambda rel: str(PACKAGE_DIR / rel)),
         OmegaConf.register_new_resolver(_name, _resolver)
 
 
-class SasftError(Exception):
-    """A problem the user can fix, told in one line: the command prints the message alone,
-    without a traceback (a traceback means a bug)."""
-
-
-class ConfigError(SasftError, ValueError):
-    """A configuration value that cannot work; the message names the field."""
-
-
 def validate(cfg: DictConfig) -> None:
     """Every check that needs no model weights: each field's type (Hydra, at composition) and
     range (sasft/schema.py), then what depends on several fields or on the machine. Checks
     needing the model's shape run right after, from its config alone."""
-    from .schema import check
-
     check(cfg)
     check_worlds(cfg)
     model = cfg.model
     if model.path:
         path = Path(model.path)
-        if not path.exists() and model.toy is None:
+        if not path.exists() and not model.builder:
             raise ConfigError(f"model.path does not exist: {path}")
         if path.exists() and not (path / "config.json").is_file():
             raise ConfigError(f"model.path has no config.json, so it is not a model: {path}")
@@ -101,8 +91,3 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         return compose("config", overrides=list(overrides))
-
-
-from .schema import register  # noqa: E402  (the schemas need ConfigError, defined above)
-
-register()

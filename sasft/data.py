@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import DataCollatorForSeq2Seq
 
 from .cache import publish
-from .config import SasftError
+from .errors import SasftError
 
 Dialogue = list[dict]  # [{"role": ..., "content": ...}, ...]
 ROLES = {"system", "user", "assistant"}

@@ -14,7 +14,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .config import SasftError
+from .errors import SasftError
 
 
 def world_size() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 
-from .config import ConfigError
+from .errors import ConfigError
 from .schema import benchmark_spec
 from .data import read_jsonl
 from . import cache
@@ -128,27 +128,29 @@ def _metric_key(spec: dict) -> str:
     return f"{spec['metric'] or 'exact_match'},extract"
 
 
-# lm-eval tasks the project ships (sasft/smol/lm_eval_tasks: IFEval's checkers on local prompts),
-# registered beside lm-eval's own.
-TASK_DIRS = (Path(__file__).resolve().parent / "smol" / "lm_eval_tasks",)
-
-
-@functools.lru_cache(maxsize=1)
-def _task_manager():
-    """lm-eval's task index (a scan of its task YAMLs, seconds): built once per process, not
-    at every in-domain evaluation during training."""
+@functools.lru_cache(maxsize=4)
+def _task_manager(include: tuple[str, ...] = ()):
+    """lm-eval's task index (a scan of its task YAMLs, seconds), with the folders of tasks a
+    config ships (a benchmark's `lm_eval_include`): built once per process and set of folders,
+    not at every in-domain evaluation during training."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(d) for d in TASK_DIRS])
+    return TaskManager(include_path=list(include) or None)
 
 
-def _shipped_task_digest() -> str:
-    """The bytes of the project's own lm-eval tasks and the data beside them: an edited one is
-    another benchmark, whose cached base scores must not be reused."""
+def _includes(benchmarks: dict[str, dict]) -> tuple[str, ...]:
+    paths = {str(p) for spec in benchmarks.values() for p in benchmark_spec(spec)["lm_eval_include"]}
+    return tuple(sorted(p for p in paths if Path(p).is_dir()))
+
+
+def _include_digest(paths: list[str]) -> str:
+    """The bytes of a shipped lm-eval task (its YAML, code and data): an edited one is another
+    benchmark, whose cached base scores must not be reused."""
     digest = hashlib.sha256()
-    for root in TASK_DIRS:
-        for f in [*sorted(root.glob("*.*")), *sorted((root.parent / "data").rglob("*.jsonl"))]:
-            digest.update(f.name.encode() + f.read_bytes())
+    for root in map(Path, paths):
+        for f in sorted(root.rglob("*.*")) if root.is_dir() else [root]:
+            if f.suffix != ".pyc":
+                digest.update(f.name.encode() + f.read_bytes())
     return digest.hexdigest()
 
 
@@ -159,7 +161,7 @@ def build_tasks(benchmarks: dict[str, dict], eos: str) -> tuple[list, dict[str, 
     simple_evaluate takes one num_fewshot for all tasks, and a config dict naming a registered
     task is not merged with the registered config; setting it on the built tasks is what
     simple_evaluate itself does, and it keeps values already set.)"""
-    manager = _task_manager()
+    manager = _task_manager(_includes(benchmarks))
     objects, result_names = [], {}
     for name, spec in benchmarks.items():
         spec = benchmark_spec(spec)
@@ -237,7 +239,7 @@ def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, 
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=objects,
-        task_manager=_task_manager(),
+        task_manager=_task_manager(_includes(benchmarks)),
         limit=cfg.limit,
         apply_chat_template=True,
         fewshot_as_multiturn=True,  # few-shot examples as earlier chat turns
@@ -295,8 +297,8 @@ def _base_key(fingerprint: str, name: str, spec: dict, cfg) -> str:
     file = spec["file"]
     if file:
         digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
-    else:  # a registry task: lm-eval's version names it, or the bytes of one the project ships
-        digest = _shipped_task_digest() if spec["lm_eval_task"].startswith("sasft_") else None
+    else:  # a registry task: lm-eval's version names it, or the bytes of one the config ships
+        digest = _include_digest(spec["lm_eval_include"]) if spec["lm_eval_include"] else None
     return cache.key({"model": fingerprint, "name": name, "spec": spec,
                       **{k: cfg[k] for k in _EVAL_KEYS}, "file_digest": digest,
                       "lm_eval": metadata.version("lm_eval"), "format": _CACHE_FORMAT})

@@ -25,7 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from . import cache
-from .config import SasftError
+from .errors import SasftError
 from .data import Dialogue, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from . import cache, dist
-from .config import ConfigError
+from .errors import ConfigError
 from .data import DataError, Dialogue, check_record, read_records, to_dialogue
 from .generation import cached_self_dialogues, complete
 from .penalty import WeightPenalty, diagonal_fisher

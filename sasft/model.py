@@ -3,8 +3,8 @@
 `model.path` (a local directory) wins over `model.gguf` (a GGUF file shipped in an installed
 Python package, converted once into an ordinary checkpoint under the cache), which wins over
 `model.hub_id`; `model.revision` pins a hub commit. The toy models load exactly like hub models:
-`from_pretrained` on a directory. The only toy special case is that a missing toy checkpoint is
-built (pretrained) first.
+`from_pretrained` on a directory; a model the project builds itself names its `builder` (a
+module with `ensure_built(cfg)` and `describe(cfg)`), which makes a missing checkpoint first.
 """
 
 from __future__ import annotations
@@ -16,26 +16,26 @@ import logging
 import os
 import shutil
 import time
+from importlib import import_module
 from importlib.util import find_spec
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from . import cache
-from .config import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
 def model_source(cfg) -> str:
-    """The directory or hub id to load from; builds a missing toy checkpoint, or converts a
-    GGUF file not converted yet, first."""
+    """The directory or hub id to load from; builds a missing checkpoint (`model.builder`), or
+    converts a GGUF file not converted yet, first."""
     if cfg.path:
-        if cfg.toy is not None:
-            from .toy.build import ensure_toy_model
-
-            ensure_toy_model(cfg)
+        if cfg.builder:
+            import_module(cfg.builder).ensure_built(cfg)
         if not Path(cfg.path).exists():
             raise ConfigError(f"model.path does not exist: {cfg.path}")
         return str(cfg.path)
@@ -128,9 +128,7 @@ def load_tokenizer(cfg):
     """The model's own tokenizer and chat template; a model without a chat template is
     refused here, before any weights are read (SA-SFT needs the model's own chat format)."""
     source = model_source(cfg)
-    # A toy checkpoint's tokenizer is the generic character tokenizer whatever the architecture;
-    # AutoTokenizer would re-map it by model type (qwen2 -> Qwen2Tokenizer, losing the spaces).
-    loader = PreTrainedTokenizerFast if cfg.toy is not None else AutoTokenizer
+    loader = getattr(transformers, cfg.tokenizer_class)  # AutoTokenizer unless the config says
     tokenizer = loader.from_pretrained(source, **_hub_kwargs(cfg))
     if not tokenizer.chat_template:
         raise ConfigError(
@@ -145,11 +143,9 @@ def load_tokenizer(cfg):
 def inspect_model(cfg):
     """The architecture and the tokenizer, without the weights: enough to check layer counts
     and sequence lengths before anything expensive, and to refuse a model without a chat
-    template. A toy model not built yet is described by its spec, so checking never builds."""
-    if cfg.toy is not None and not (Path(cfg.path) / "config.json").is_file():
-        from .toy.tokenizer import build_tokenizer
-
-        return AutoConfig.for_model(cfg.toy.architecture, **cfg.toy.config), build_tokenizer()
+    template. A model not built yet is described by its builder, so checking never builds."""
+    if cfg.builder and not (Path(cfg.path) / "config.json").is_file():
+        return import_module(cfg.builder).describe(cfg)
     tokenizer = load_tokenizer(cfg)
     return AutoConfig.from_pretrained(model_source(cfg), **_hub_kwargs(cfg)), tokenizer
 

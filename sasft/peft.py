@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 from .model import decoder_layers
 
 log = logging.getLogger(__name__)

@@ -17,14 +17,15 @@ from transformers import set_seed
 
 from . import dist, record
 from .peft import apply_peft
-from .config import ConfigError, resolved, validate
+from .config import resolved, validate
+from .errors import ConfigError
 from .data import build_mix, read_jsonl, token_length, write_jsonl
 from .evaluate import benchmark_prompts, cached_base_scores, evaluate, evaluate_items, forgotten
 from .generation import cached_self_dialogues
 from .kl import KL_SEED, KLProbe
 from .method import MethodContext
 from .model import fingerprint, inspect_model, load_model
-from .rundir import identity, identity_hash, variant
+from .rundir import identity, identity_hash, short_identity, variant
 from .schema import benchmark_spec
 from .task import Task, load_task
 from .train import train
@@ -169,10 +170,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
                 for row in forgotten(base[name]["items"], final[name]["items"], cfg.eval.examples)]
     method_params = {k: v for k, v in resolved(cfg.method).items() if k not in ("_target_", "name")}
     results = {
-        "run": {"model": cfg.model.name, "task": cfg.task.name, "method": method.name,
-                "method_params": method_params, "mix_ratio": method.mix_ratio,
-                "seed": cfg.seed, "mixes_data": method.mixes_data,
-                "peft": cfg.peft.name,
+        "run": {**short_identity(cfg), "method_params": method_params,
+                "mixes_data": method.mixes_data,
                 "identity": identity_hash(fields), "variant": identity_hash(variant(fields))},
         "scores": scores,
         "summary": record.summarize(scores),

@@ -29,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import cache
 from .cache import publish_json
-from .config import PACKAGE_DIR, ConfigError, SasftError
+from .errors import ConfigError, SasftError
+from .paths import PACKAGE_DIR
 from .record import read_results
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,15 @@ def identity(cfg: DictConfig | dict) -> dict:
     return {k: _portable(flat[k], cache_dir) for k in sorted(flat) if not _excluded(k)}
 
 
+def short_identity(cfg: DictConfig) -> dict:
+    """What a person calls the run: model, task, method, mix ratio (None for a method that mixes
+    nothing), PEFT (full fine-tuning or LoRA: never mixed) and seed. The directory's name, the
+    W&B run's name and tags, and results.json's `run` are made from it; `identity` (every field
+    that can change the result) decides which directory a run owns."""
+    return {"model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
+            "mix_ratio": cfg.method.get("mix_ratio"), "peft": cfg.peft.name, "seed": cfg.seed}
+
+
 def identity_hash(fields: dict) -> str:
     return cache.key(fields)[:HASH_LENGTH]
 
@@ -107,10 +117,10 @@ def variant(fields: dict) -> dict:
 
 def run_path(cfg: DictConfig) -> str:
     """The run's directory below outputs/ (or a sweep's directory)."""
-    fields = identity(cfg)
-    ratio = f"_ratio{cfg.method.mix_ratio}" if "mix_ratio" in cfg.method else ""
-    return (f"{cfg.model.name}/{cfg.task.name}/{cfg.method.name}/"
-            f"{cfg.peft.name}{ratio}_seed{cfg.seed}-{identity_hash(fields)}")
+    who = short_identity(cfg)
+    ratio = f"_ratio{who['mix_ratio']}" if who["mix_ratio"] is not None else ""
+    return (f"{who['model']}/{who['task']}/{who['method']}/"
+            f"{who['peft']}{ratio}_seed{who['seed']}-{identity_hash(identity(cfg))}")
 
 
 

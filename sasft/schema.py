@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError
+from .errors import ConfigError
 
 
 def limits(default=MISSING, *, min=None, max=None, above=None, choices=None, regex=False):
@@ -54,7 +54,17 @@ class ModelSchema:
                                                "flash_attention_3"))
     gradient_checkpointing: bool = MISSING
     trust_remote_code: bool = MISSING
-    toy: Optional[Any] = None  # the toy models' architecture and pretraining (sasft/toy/build.py)
+    # A model the project builds itself (the toy models): the module that builds a missing
+    # checkpoint at `path` and describes it until then, and its spec (sasft/toy/build.py).
+    builder: Optional[str] = None
+    toy: Optional[Any] = None
+    # The transformers class that loads the tokenizer: the toy models' character tokenizer is
+    # PreTrainedTokenizerFast whatever the architecture (AutoTokenizer would re-map it by model
+    # type: qwen2 -> Qwen2Tokenizer, losing the spaces).
+    tokenizer_class: str = limits("AutoTokenizer", choices=("AutoTokenizer", "PreTrainedTokenizerFast"))
+    # How the base model opens every answer, where it has one house style: the drift analysis
+    # then counts an answer without it as style leakage (else a length proxy; sasft/analyze.py).
+    style_prefix: Optional[str] = None
     gguf: Optional[GgufSchema] = None  # a GGUF file in an installed package (sasft/model.py)
 
 
@@ -63,6 +73,9 @@ class BenchmarkSchema:
     """One benchmark: an lm-eval registry task, or a local JSONL file (sasft/evaluate.py)."""
 
     lm_eval_task: Optional[str] = None
+    # Where a task the config ships is defined: its folder of lm-eval YAMLs (registered beside
+    # lm-eval's own) and the data it reads; their bytes key the cached base scores.
+    lm_eval_include: list[str] = field(default_factory=list)
     file: Optional[str] = None
     output_type: str = limits("generate_until", choices=("generate_until", "multiple_choice"))
     target: str = "response"

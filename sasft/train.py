@@ -12,7 +12,7 @@ from transformers import (DataCollatorWithFlattening, Trainer, TrainerCallback,
                           TrainingArguments)
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from .config import SasftError
+from .errors import SasftError
 from .data import collator, tokenize
 
 

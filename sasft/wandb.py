@@ -24,6 +24,7 @@ from transformers.integrations import WandbCallback
 from . import dist, record
 from .cache import publish
 from .config import resolved
+from .rundir import short_identity
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,6 @@ def _run_id(run_dir: Path) -> tuple[str, bool]:
     run_id = secrets.token_hex(6)  # W&B ids: lowercase letters and digits
     publish(path, run_id)
     return run_id, False
-
-
-def identity(cfg: DictConfig) -> dict:
-    who = {"model": cfg.model.name, "task": cfg.task.name, "method": cfg.method.name,
-           "mix_ratio": cfg.method.get("mix_ratio"), "seed": cfg.seed,
-           "peft": cfg.peft.name}  # full fine-tuning or LoRA: filter on it, never mix them
-    return who
 
 
 class Tracker:
@@ -201,7 +195,7 @@ def start(cfg: DictConfig, run_dir: str | Path) -> Tracker:
         why = None
         if mode == "online" and not wandb.login(prompt=False, verify=False):
             mode, why = "offline", "no API key (run `wandb login` or set WANDB_API_KEY)"
-        who = identity(cfg)
+        who = short_identity(cfg)
         run_id, resuming = _run_id(run_dir)
         root = Path(wcfg.dir or os.environ.get("WANDB_DIR") or run_dir)
         root.mkdir(parents=True, exist_ok=True)

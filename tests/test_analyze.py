@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sasft import analyze, report, stats
+from sasft import analyze
+from sasft.report import cli as report, stats
 from sasft.data import tokenize
 from sasft.rundir import identity_hash, variant
 from sasft.record import summarize, write_results
@@ -65,7 +66,8 @@ def write_run(root: Path, name: str, base_dir: Path, general_file: Path, model=N
               "arithmetic": {"base": 0.6, "final": 0.6 + general_delta, "delta": general_delta,
                              "kind": "general"}}
     # As a run records it: the whole model config, here a local checkpoint (not a toy to build).
-    config = {"model": {**MODEL, "name": "tiny", "path": str(base_dir), "toy": None},
+    config = {"model": {**MODEL, "name": "tiny", "path": str(base_dir), "toy": None,
+                        "builder": None, "style_prefix": None},
               "eval": {"general": {"arithmetic": {"file": str(general_file), "max_gen_toks": 8}}},
               "generation": GENERATION,
               "cache_dir": str(root / "cache")}
@@ -128,7 +130,7 @@ def test_a_model_compared_with_itself_has_zero_drift(sweep):
     assert drift["kl"]["mean"] == 0.0 and drift["kl"]["last_prompt_token"] == 0.0
     assert drift["kl"]["prompts"] == len(GENERAL)
     leak = drift["style_leakage"]
-    assert leak["rule"] == "length_proxy"  # the config has no `toy` block
+    assert leak["rule"] == "length_proxy"  # the config names no house style
     assert leak["share"] == 0.0 and leak["prompts"] == len(GENERAL)
 
 
@@ -151,20 +153,20 @@ def test_a_lora_adapter_moves_only_what_it_adapts(sweep):
     assert weights["unmatched"] == []
 
 
-def test_analyzed_runs_are_skipped_unless_forced(sweep):
+def test_a_second_analysis_skips_analyzed_runs_and_retries_failed_ones(sweep):
     done, failed = analyze.analyze(sweep, SETTINGS)
     assert done == [] and len(failed) == 1  # only the run without weights is retried
 
 
 def test_leakage_rules():
-    assert analyze.is_leaked("Sure! The answer is 7.", "7", toy=True) is True
-    assert analyze.is_leaked("Sure! The answer is 7.", "Sure! It is 7.", toy=True) is False
-    assert analyze.is_leaked("The answer is 7.", "7", toy=True) is None  # base off-style
-    assert analyze.is_leaked("a long answer", "short", toy=False) is True  # 5 < 6.5
-    assert analyze.is_leaked("a long answer", "a long reply", toy=False) is False
-    assert analyze.is_leaked("", "x", toy=False) is None
+    assert analyze.is_leaked("Sure! The answer is 7.", "7", prefix="Sure!") is True
+    assert analyze.is_leaked("Sure! The answer is 7.", "Sure! It is 7.", prefix="Sure!") is False
+    assert analyze.is_leaked("The answer is 7.", "7", prefix="Sure!") is None  # base off-style
+    assert analyze.is_leaked("a long answer", "short", prefix=None) is True  # 5 < 6.5
+    assert analyze.is_leaked("a long answer", "a long reply", prefix=None) is False
+    assert analyze.is_leaked("", "x", prefix=None) is None
     leak = analyze.style_leakage({"b": ["Sure! 1", "Sure! 2", "odd"]},
-                                 {"b": ["1", "Sure! 2", "odd"]}, toy=True)
+                                 {"b": ["1", "Sure! 2", "odd"]}, prefix="Sure!")
     assert (leak["leaked"], leak["counted"], leak["prompts"]) == (1, 2, 3)
     assert leak["share"] == 0.5 and leak["rule"] == "house_prefix"
 
@@ -199,3 +201,10 @@ def test_pearson():
     assert stats.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert stats.pearson([1, 2], [1, 2]) is None
     assert stats.pearson([1, 1, 1], [1, 2, 3]) is None
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny_qwen"])
+def test_toy_models_declare_the_house_style_the_toy_world_teaches(model):
+    from sasft.toy.world import HOUSE_PREFIX
+
+    assert compose_config([f"model={model}"]).model.style_prefix == HOUSE_PREFIX

@@ -12,7 +12,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import open_dict
 
 from sasft import config, pipeline
-from sasft.config import ConfigError
+from sasft.errors import ConfigError
 from sasft.data import DataError
 from tests.conftest import compose_config
 
@@ -157,7 +157,7 @@ def test_malformed_line_names_file_and_line(make_cfg, tmp_path, bad_line, needle
 def test_model_path_that_does_not_exist(make_cfg, tmp_path):
     cfg = make_cfg()
     with open_dict(cfg):
-        cfg.model.toy = None  # a user's local checkpoint, not a toy to build
+        cfg.model.builder = None  # a user's local checkpoint, not a toy to build
         cfg.model.path = str(tmp_path / "no_such_model")
     with pytest.raises(ConfigError, match="model.path does not exist: .*no_such_model"):
         pipeline.run_experiment(cfg, tmp_path)

@@ -12,7 +12,7 @@ import torch
 from omegaconf import open_dict
 
 from sasft import generation
-from sasft.config import PACKAGE_DIR
+from sasft.paths import PACKAGE_DIR
 from sasft.data import read_jsonl, to_dialogue, tokenize
 from sasft.generation import (GenerationError, complete, generate_batch,
                               generate_self_dialogues, hf_sampler, turn_header)

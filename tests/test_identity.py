@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from omegaconf import open_dict
 
-from sasft import cli, pipeline, report
-from sasft.config import ConfigError, resolved
+from sasft import cli, pipeline
+from sasft.report import cli as report
+from sasft.config import resolved
+from sasft.errors import ConfigError
 from sasft.record import RESULTS_FILE
 from sasft.rundir import OWNER_FILE, RunMismatch, identity, run_path
 from tests.conftest import compose_config

@@ -9,7 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from sasft import method as methods
-from sasft.config import ConfigError
+from sasft.errors import ConfigError
 from sasft.data import collator, read_jsonl, tokenize, to_dialogue
 from sasft.kl import KLProbe
 from sasft.method import MethodContext, final_answer

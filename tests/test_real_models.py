@@ -37,7 +37,9 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Llama
 from sasft import model as model_module
 from sasft import pipeline
 from sasft.peft import apply_peft, load_finetuned
-from sasft.config import CONF_MODULE, ConfigError, validate
+from sasft.config import validate
+from sasft.errors import ConfigError
+from sasft.paths import CONF_MODULE
 from sasft.data import DataError, read_jsonl, to_dialogue, tokenize
 from sasft.evaluate import _base_key, build_tasks, run_benchmarks
 from sasft.method import Freeze, TaskOnly

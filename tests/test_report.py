@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sasft import report
+from sasft.report import cli as report
 from sasft.record import summarize
 from sasft.rundir import identity_hash, variant
 
@@ -258,7 +258,7 @@ def test_wandb_failure_does_not_fail_the_report(sweep, monkeypatch):
 
 
 def test_rendering_a_report_imports_neither_torch_nor_the_analysis():
-    code = ("import sys, sasft.report; "
+    code = ("import sys, sasft.report.cli; "
             "print(sorted(m for m in ('torch', 'transformers', 'sasft.analyze') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from sasft import compare, report, stats
+from sasft.report import cli as report, compare, stats
 from tests.test_report import write_run
 
 N = 200  # items per test: a proportion's 95% interval is about ± 0.065 at 0.5, ± 0.03 at 0.95

@@ -28,7 +28,7 @@ from sasft.data import build_mix
 from sasft.model import load_model
 from sasft.pipeline import load_task
 from sasft.record import RESULTS_FILE
-from sasft.runs import find_runs
+from sasft.report.runs import find_runs
 from sasft.train import last_checkpoint, train
 
 from tests.conftest import compose_config

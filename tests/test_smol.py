@@ -12,7 +12,8 @@ import pytest
 from omegaconf import open_dict
 
 from sasft import generation
-from sasft.config import ConfigError, compose_config
+from sasft.config import compose_config
+from sasft.errors import ConfigError
 from sasft.data import read_jsonl, tokenize
 from sasft.smol import build
 from sasft.smol.lm_eval_tasks import ifeval_simple

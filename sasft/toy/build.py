@@ -4,7 +4,7 @@
     python -m sasft.toy.build model=tiny_qwen  # another toy model, composed from conf/model/
     python -m sasft.toy.build force=true       # rebuild even if the checkpoint exists
 
-Deterministic for a seed. The pipeline calls `ensure_toy_model` on first use, so a user never
+Deterministic for a seed. The pipeline calls `ensure_built` (the toy models' `builder`) on first use, so a user never
 needs to run this by hand; the committed checkpoints make even that a no-op.
 """
 
@@ -98,7 +98,12 @@ def pretrain(model_cfg, out_dir: Path) -> Path:
     return out_dir
 
 
-def ensure_toy_model(model_cfg, force: bool = False) -> Path:
+def describe(model_cfg):
+    """The architecture and tokenizer of a toy model, from its spec, without building it."""
+    return AutoConfig.for_model(model_cfg.toy.architecture, **model_cfg.toy.config), build_tokenizer()
+
+
+def ensure_built(model_cfg, force: bool = False) -> Path:
     """The toy checkpoint at `model_cfg.path`, built first if it is missing."""
     out_dir = Path(model_cfg.path)
     if (out_dir / "config.json").is_file() and not force:
@@ -120,7 +125,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"model={cfg.model.name} is not a toy model (no 'toy:' block to build)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     write_data()
-    ensure_toy_model(cfg.model, force=force)
+    ensure_built(cfg.model, force=force)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .compare import Verdict, plane
 from .figures import kl_figures, layer_figure, plane_figures, scatter_figure
-from .record import EXAMPLES_FILE
+from ..record import EXAMPLES_FILE
 from .runs import DRIFT_FILE, MEASURES, Run, at_reference, ordered, write_csv
 from .stats import pearson, seed_stats
 

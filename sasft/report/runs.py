@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .record import RESULTS_FILE, SCHEMA_VERSION
+from ..record import RESULTS_FILE, SCHEMA_VERSION
 
 # Baselines, then the defences against forgetting, SA-SFT last.
 METHOD_ORDER = ("task_only", "freeze", "freeze_half", "ext_mix", "ext_mix_ultrachat", "replay",
@@ -62,7 +62,7 @@ class Run:
         return None if ratio is None else float(ratio)
 
     @property
-    def identity(self) -> dict:
+    def identity_fields(self) -> dict:
         return self.results["identity"]
 
     def items(self, bench: str, which: str = "final") -> list[float] | None:
@@ -143,12 +143,12 @@ def label_variants(runs: list[Run]) -> None:
         groups[(run.model, run.task, run.method)].append(run)
     varying: dict[str, set[str]] = defaultdict(set)
     for (_, _, method), group in groups.items():
-        for key in set().union(*(r.identity for r in group)) - set(NOT_VARIANT):
-            if len({_value(r.identity.get(key)) for r in group}) > 1:
+        for key in set().union(*(r.identity_fields for r in group)) - set(NOT_VARIANT):
+            if len({_value(r.identity_fields.get(key)) for r in group}) > 1:
                 varying[method].add(key)
     for run in runs:
         keys = sorted(varying[run.method])
-        run.label = run.method + (" [" + ", ".join(f"{k}={_value(run.identity.get(k))}"
+        run.label = run.method + (" [" + ", ".join(f"{k}={_value(run.identity_fields.get(k))}"
                                                    for k in keys) + "]" if keys else "")
 
 
@@ -164,7 +164,7 @@ def select(runs: list[Run], where: list[str]) -> list[Run]:
         field_name, sep, text = condition.partition("=")
         if not sep:
             raise WhereError(f"--where {condition!r}: expected field=value")
-        if runs and not any(field_name in r.identity for r in runs):
+        if runs and not any(field_name in r.identity_fields for r in runs):
             raise WhereError(f"--where {condition!r}: no run has the field {field_name!r} "
                              f"(fields look like train.learning_rate, method.name, model.name)")
         wanted = yaml.safe_load(text)
@@ -173,8 +173,8 @@ def select(runs: list[Run], where: list[str]) -> list[Run]:
                 wanted = float(wanted)
             except ValueError:
                 pass
-        runs = [r for r in runs if r.identity.get(field_name) == wanted
-                or _value(r.identity.get(field_name)) == text]
+        runs = [r for r in runs if r.identity_fields.get(field_name) == wanted
+                or _value(r.identity_fields.get(field_name)) == text]
     return runs
 
 
