@@ -139,8 +139,8 @@ def train_run(ckpt: Path, checkpointing: bool, args, out_dir: Path) -> dict:
 
 
 def generation_runs(ckpt: Path, args) -> list[dict]:
-    # Batches of 64, the figure the README reports (generation=chat, which a real model gets,
-    # batches 32 to leave room for 7-8B models with 1024-token turns).
+    # Batches of 64, the figure docs/performance.md reports (generation=chat, which a real model
+    # gets, batches 32 to leave room for 7-8B models with 1024-token turns).
     cfg = compose_config(["model=qwen0.5b", f"model.path={ckpt}", "generation.batch_size=64",
                           "model.gradient_checkpointing=false", *args.overrides])
     model, tokenizer = load_model(cfg.model)

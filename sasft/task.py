@@ -2,10 +2,11 @@
 
 A task is either data already in sasft's chat schema (the toy tasks: `train_file` and
 `benchmark.file`), or any other schema mapped field by field onto a prompt and a response
-(every real task, marked by `prompt_template`); the keys are explained once, in the README's
-"Tasks" section, and typed in sasft/schema.py. A mapped task's test split is rendered by the
-same templates as its training data and prepared once as a JSONL file in the chat schema
-(`prepare_test`), so the in-domain test is an ordinary local benchmark (sasft/evaluate.py).
+(every real task, marked by `prompt_template`); the keys are explained once, in
+docs/real_models.md ("Tasks"), and typed in sasft/schema.py. A mapped task's test split is
+rendered by the same templates as its training data and prepared once as a JSONL file in the
+chat schema (`prepare_test`), so the in-domain test is an ordinary local benchmark
+(sasft/evaluate.py).
 """
 
 from __future__ import annotations

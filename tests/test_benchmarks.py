@@ -1,5 +1,5 @@
 """The benchmark scripts still run and print their figures (downsized; no timing is asserted:
-the figures themselves are measured by hand, see the README's Performance section)."""
+the figures themselves are measured by hand, see docs/performance.md)."""
 
 from __future__ import annotations
 

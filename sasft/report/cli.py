@@ -13,17 +13,8 @@ It reads every `results.json` under the sweep directory (recursively); a run dir
 writes `report.md`, CSV files and PNG figures. If `python -m sasft.analyze` wrote `drift.json`
 files into the runs, a "Drift" section follows (see `sasft/analyze.py`).
 
-How scenarios are counted (sasft/compare.py has the rules; the report states them):
-  - a scenario is (model, task, benchmark); runs that differ in anything but the seed are never
-    averaged together: a method's variants are separate columns, labelled by the identity
-    fields that tell them apart; `--where field=value` narrows the runs read;
-  - methods that mix data are compared at one reference mix ratio; the others with all runs;
-  - a method's score is its mean final score over seeds, with a 95% interval spanning the
-    t-interval over seeds and the bootstrap over test items (sasft/stats.py);
-  - the best method and every method whose interval overlaps the best one's share the win:
-    "SA-SFT best or tied in N of M, alone best in K";
-  - runs whose in-domain score is not clearly above the base (or chance) did not learn the task:
-    they are listed, and their method is left out of that task's general scenarios.
+How it counts (scenarios, variants, intervals, ties, runs that did not learn the task):
+docs/report.md, written once there; the rules are code in sasft/compare.py.
 """
 
 from __future__ import annotations

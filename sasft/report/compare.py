@@ -1,17 +1,7 @@
 """How the report compares methods: each cell's score with its intervals, the runs that did not
 learn the task, and the tie rule behind "best or tied in N of M".
 
-  - A scenario is (model, task, benchmark); a cell is one method (variant) in one scenario.
-  - A cell's score is its mean final score over seeds (runs sharing a seed averaged first).
-    Its interval spans the t-interval over seeds (with 2 or more seeds) and the item bootstrap
-    pooled over the seeds' runs (where the runs kept per-item scores): see sasft/stats.py.
-  - A run did not learn the task when the lower end of its in-domain delta's interval is <= 0
-    (not clearly above the base) or, where the test has a chance score, the lower end of its
-    final score's interval is <= chance. A run without per-item scores is judged on its point
-    values. A method did not learn a (model, task) when any of its counted runs there did not.
-  - Tie rule: the best cell is the highest mean; every cell whose interval overlaps the best
-    one's shares the win. In a general scenario, a method that did not learn the task is left
-    out: it neither wins nor sets the best (not forgetting by not learning is no defence).
+The rules, in words, are written once in docs/report.md ("How it counts").
 """
 
 from __future__ import annotations
