@@ -55,7 +55,7 @@ from .report.runs import DRIFT_FILE, Run, find_runs
 log = logging.getLogger(__name__)
 
 ANALYSIS_SEED = 1_000_003  # not a training seed: the held-out dialogues are not sasft's own mix
-LENGTH_PROXY = 0.5  # non-toy leakage: an answer shorter than this share of the base's answer
+LENGTH_PROXY = 0.5  # no house style: an answer shorter than this share of the base answer leaked
 MODULE_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
                 "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")

@@ -14,7 +14,7 @@ writes `report.md`, CSV files and PNG figures. If `python -m sasft.analyze` wrot
 files into the runs, a "Drift" section follows (see `sasft/analyze.py`).
 
 How it counts (scenarios, variants, intervals, ties, runs that did not learn the task):
-docs/report.md, written once there; the rules are code in sasft/compare.py.
+docs/report.md, written once there; the rules are code in sasft/report/compare.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The runs of a sweep, as the report and the drift analysis read them: the finished runs and
-their results, each method's variants and the reference mix ratio (statistics: sasft/stats.py).
+their results, each method's variants and the reference mix ratio (statistics: stats.py).
 Reading results never imports torch or matplotlib."""
 
 from __future__ import annotations
