@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .peft import load_finetuned
 from .data import read_jsonl, tokenize
-from .generation import cached_self_dialogues, complete
+from .generation import cached_self_dialogues, complete, held_out_seed
 from .kl import chunks, right_padded
 from .model import fingerprint, load_model, model_source
 from .cache import publish_json
@@ -55,7 +55,7 @@ from .toy.world import HOUSE_PREFIX
 
 log = logging.getLogger(__name__)
 
-ANALYSIS_SEED = 1_000_003  # not a training seed: the held-out dialogues are not sasft's own mix
+ANALYSIS_SEED = held_out_seed("analysis")  # a held-out stream: not the dialogues a run trained on
 LENGTH_PROXY = 0.5  # non-toy leakage: an answer shorter than this share of the base's answer
 MODULE_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
                 "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
