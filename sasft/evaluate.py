@@ -342,19 +342,22 @@ def forgotten(base: list[dict] | None, final: list[dict] | None, limit: int) -> 
     return rows
 
 
-def benchmark_prompts(benchmarks: dict[str, dict], eos: str, per_benchmark: int) -> list[str]:
-    """The first `per_benchmark` questions of each benchmark as lm-eval poses them (zero-shot,
-    without the chat template), drawn in turn from each task a group holds."""
-    prompts = []
-    for _, leaves in build_tasks(benchmarks, eos)[1].values():
-        docs = {name: iter(task.eval_docs) for name, task in leaves.items()}
+def benchmark_prompts(benchmarks: dict[str, dict], eos: str, per_benchmark: int
+                      ) -> dict[str, list[str]]:
+    """{benchmark: its first `per_benchmark` questions as lm-eval poses them (zero-shot, without
+    the chat template)}, drawn in turn from each task a group holds: for a local file and a
+    registry task alike. The KL probe (sasft/kl.py) and the drift analysis (sasft/analyze.py)
+    both ask here."""
+    prompts = {}
+    for name, (_, leaves) in build_tasks(benchmarks, eos)[1].items():
+        docs = {leaf: iter(task.eval_docs) for leaf, task in leaves.items()}
         picked: list[str] = []
         while docs and len(picked) < per_benchmark:
-            for name, it in list(docs.items()):
+            for leaf, it in list(docs.items()):
                 doc = next(it, None)
                 if doc is None:
-                    del docs[name]
+                    del docs[leaf]
                 elif len(picked) < per_benchmark:
-                    picked.append(str(leaves[name].doc_to_text(doc)))
-        prompts += picked
+                    picked.append(str(leaves[leaf].doc_to_text(doc)))
+        prompts[name] = picked
     return prompts

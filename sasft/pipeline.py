@@ -93,7 +93,8 @@ def kl_probe(cfg: DictConfig, model, tokenizer, model_id: str, benchmarks: dict)
     dialogues, _ = cached_self_dialogues(model, tokenizer, cfg.eval.kl_dialogues, cfg.generation,
                                          KL_SEED, model_id, cfg.cache_dir)
     general = {n: s for n, s in benchmarks.items() if n != cfg.task.name}
-    prompts = benchmark_prompts(general, tokenizer.eos_token, cfg.eval.kl_prompts) \
+    prompts = [q for qs in benchmark_prompts(general, tokenizer.eos_token,
+                                             cfg.eval.kl_prompts).values() for q in qs] \
         if cfg.eval.kl_prompts else []
     return KLProbe(model, tokenizer, dialogues, prompts, cfg.train.max_seq_len)
 
