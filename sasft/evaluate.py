@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 
-from .config import ConfigError
+from .config import ConfigError, SasftError
 from .schema import benchmark_spec
 from .data import read_jsonl
 from . import cache
@@ -115,6 +115,38 @@ def local_task_config(name: str, spec: dict, eos: str) -> dict:
             {"name": "extract", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}
         ]
     return config
+
+
+# lm-eval's IFEval checkers count sentences and words with NLTK's punkt_tab tokenizer, which its
+# module downloads when imported: on a compute node without internet that download fails quietly
+# and the first prompt with a sentence count crashes the evaluation. The project's own IFEval
+# subset (sasft_smol_ifeval) holds no such instruction.
+NLTK_FIX = ("python -m nltk.downloader punkt_tab  (once, where there is internet; it writes "
+            "~/nltk_data, or the directory NLTK_DATA names: one every node sees)")
+
+
+def needs_nltk_data(benchmarks: dict[str, dict]) -> bool:
+    """Whether a benchmark is lm-eval's IFEval (or a task built on it), scored with punkt_tab."""
+    tasks = [benchmark_spec(s)["lm_eval_task"] or "" for s in benchmarks.values()]
+    return any("ifeval" in t and not t.startswith("sasft_") for t in tasks)
+
+
+def missing_nltk_data() -> str | None:
+    """None when NLTK's punkt_tab data is installed, else the one line that installs it."""
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return None
+    except LookupError:
+        return f"IFEval needs NLTK's punkt_tab data, which is not installed: run {NLTK_FIX}"
+
+
+def check_nltk_data(benchmarks: dict[str, dict]) -> None:
+    """Refuse, before anything loads, benchmarks that would need NLTK data that is missing."""
+    fix = missing_nltk_data() if needs_nltk_data(benchmarks) else None
+    if fix:
+        raise SasftError(fix)
 
 
 def _metric_key(spec: dict) -> str:

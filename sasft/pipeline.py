@@ -19,7 +19,8 @@ from . import dist, record
 from .peft import apply_peft
 from .config import ConfigError, resolved, validate
 from .data import build_mix, read_jsonl, token_length, write_jsonl
-from .evaluate import benchmark_prompts, cached_base_scores, evaluate, evaluate_items, forgotten
+from .evaluate import (benchmark_prompts, cached_base_scores, check_nltk_data, evaluate,
+                       evaluate_items, forgotten)
 from .generation import cached_self_dialogues
 from .kl import KL_SEED, KLProbe
 from .method import MethodContext
@@ -109,6 +110,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
 
     # 1. Everything that can be checked without weights, before anything expensive.
     validate(cfg)
+    check_nltk_data({**cfg.eval.general, cfg.task.name: cfg.task.benchmark})
     method = instantiate(cfg.method)
     task = load_task(cfg.task)
     benchmarks, kinds = benchmarks_of(cfg, task)
