@@ -160,3 +160,35 @@ def put_dataset(hf_home: Path, repo_id: str, configs: dict[str, dict[str, tuple[
         builder.repo_id, builder.config_id = repo_id, config
         builder._cache_dir = builder._build_cache_dir()
         builder.download_and_prepare(download_config=DownloadConfig(local_files_only=True))
+
+
+# --- the grid's datasets, a few rows each, in each repo's layout and schema -------------------
+
+GSM8K = [{"question": f"Tom has {n} apples and buys 2 more. How many apples does he have?",
+          "answer": f"He has {n} + 2 = <<{n}+2={n + 2}>>{n + 2} apples.\n#### {n + 2}"}
+         for n in range(8)]
+ARC = [{"id": f"Mercury_{i}", "question": f"Which of these is a planet? ({i})",
+        "choices": {"text": ["Mars", "Moon", "Sun", "Comet"], "label": ["A", "B", "C", "D"]},
+        "answerKey": "A"} for i in range(4)]
+IFEVAL = [{"key": 1000 + i, "prompt": f"Write {i + 2} sentences about the sea, all lowercase.",
+           "instruction_id_list": ["length_constraints:number_sentences",
+                                   "change_case:english_lowercase"],
+           "kwargs": [{"relation": "at least", "num_sentences": i + 2}, {}]} for i in range(3)]
+
+
+def put_grid_datasets(hf_home: Path) -> None:
+    """The datasets this module has rows for (see the rehearsal's report for the rest)."""
+    put_dataset(hf_home, "openai/gsm8k", {"main": {
+        "train": ("main/train-00000-of-00001.parquet", GSM8K),
+        "test": ("main/test-00000-of-00001.parquet", GSM8K)}})
+    put_dataset(hf_home, "allenai/ai2_arc", {"ARC-Challenge": {
+        split: (f"ARC-Challenge/{split}-00000-of-00001.parquet", ARC)
+        for split in ("train", "validation", "test")}})
+    put_dataset(hf_home, "google/IFEval", {"default": {
+        "train": ("ifeval_input_data.jsonl", IFEVAL)}})
+
+
+def put_everything(hf_home: Path, tmp: Path) -> None:
+    for repo_id in MODELS:
+        put_model(hf_home / "hub", repo_id, tmp)
+    put_grid_datasets(hf_home)
