@@ -44,17 +44,19 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from .peft import load_finetuned
-from .data import read_jsonl, tokenize
-from .generation import cached_self_dialogues, complete
+from .data import tokenize
+from .evaluate import benchmark_prompts
+from .generation import cached_self_dialogues, complete, held_out_seed
 from .kl import chunks, right_padded
 from .model import fingerprint, load_model, model_source
 from .cache import publish_json
 from .record import read_results
 from .report.runs import DRIFT_FILE, Run, find_runs
+from .schema import benchmark_spec
 
 log = logging.getLogger(__name__)
 
-ANALYSIS_SEED = 1_000_003  # not a training seed: the held-out dialogues are not sasft's own mix
+ANALYSIS_SEED = held_out_seed("analysis")  # a held-out stream: not the dialogues a run trained on
 LENGTH_PROXY = 0.5  # no house style: an answer shorter than this share of the base answer leaked
 MODULE_TYPES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
                 "gate_proj": "gate", "up_proj": "up", "down_proj": "down"}
@@ -274,18 +276,14 @@ def style_leakage(base: dict[str, list[str]], tuned: dict[str, list[str]],
 
 
 def general_prompts(cfg: DictConfig, tokenizer, limit: int) -> dict[str, tuple[list[str], int]]:
-    """{benchmark: (chat-templated prompts, max new tokens)} for the general benchmarks with a
-    local file; lm-eval registry tasks have no file to read prompts from and are skipped."""
-    prompts = {}
-    for name, spec in cfg.eval.general.items():
-        if not spec.get("file"):
-            continue
-        records = read_jsonl(spec.file)[:limit]
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}],
-                                               tokenize=False, add_generation_prompt=True)
-                 for r in records if "prompt" in r]
-        prompts[name] = (texts, spec.get("max_gen_toks", 64))
-    return prompts
+    """{benchmark: (chat-templated prompts, max new tokens)} for every general benchmark, from a
+    local file or lm-eval's registry alike (sasft/evaluate.py::benchmark_prompts)."""
+    general = {name: spec for name, spec in cfg.eval.general.items()}
+    questions = benchmark_prompts(general, tokenizer.eos_token, limit)
+    return {name: ([tokenizer.apply_chat_template([{"role": "user", "content": q}],
+                                                  tokenize=False, add_generation_prompt=True)
+                    for q in qs], benchmark_spec(general[name])["max_gen_toks"])
+            for name, qs in questions.items()}
 
 
 def weights_dir(model_cfg: DictConfig) -> Path:
@@ -334,6 +332,8 @@ def build_reference(cfg: DictConfig, settings: Settings) -> Reference:
     prompts = general_prompts(cfg, tokenizer, settings.max_prompts)
     prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"]
                   for texts, _ in prompts.values() for t in texts]
+    if not prompt_ids:
+        raise ValueError("the run's eval.general holds no benchmark with questions: no KL to measure")
     answers = {b: greedy_answers(model, tokenizer, texts, n, settings.batch_size)
                for b, (texts, n) in prompts.items()}
     return Reference(reference_key(cfg, settings), model, tokenizer, weights,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 
-from .errors import ConfigError
+from .errors import ConfigError, SasftError
 from .schema import benchmark_spec
 from .data import read_jsonl
 from . import cache
@@ -115,6 +115,38 @@ def local_task_config(name: str, spec: dict, eos: str) -> dict:
             {"name": "extract", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}
         ]
     return config
+
+
+# lm-eval's IFEval checkers count sentences and words with NLTK's punkt_tab tokenizer, which its
+# module downloads when imported: on a compute node without internet that download fails quietly
+# and the first prompt with a sentence count crashes the evaluation. A task a config ships
+# (`lm_eval_include`) is not lm-eval's: smol's IFEval subset holds no such instruction.
+NLTK_FIX = ("python -m nltk.downloader punkt_tab  (once, where there is internet; it writes "
+            "~/nltk_data, or the directory NLTK_DATA names: one every node sees)")
+
+
+def needs_nltk_data(benchmarks: dict[str, dict]) -> bool:
+    """Whether a benchmark is lm-eval's IFEval (or a task built on it), scored with punkt_tab."""
+    specs = [benchmark_spec(s) for s in benchmarks.values()]
+    return any("ifeval" in (s["lm_eval_task"] or "") and not s["lm_eval_include"] for s in specs)
+
+
+def missing_nltk_data() -> str | None:
+    """None when NLTK's punkt_tab data is installed, else the one line that installs it."""
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return None
+    except LookupError:
+        return f"IFEval needs NLTK's punkt_tab data, which is not installed: run {NLTK_FIX}"
+
+
+def check_nltk_data(benchmarks: dict[str, dict]) -> None:
+    """Refuse, before anything loads, benchmarks that would need NLTK data that is missing."""
+    fix = missing_nltk_data() if needs_nltk_data(benchmarks) else None
+    if fix:
+        raise SasftError(fix)
 
 
 def _metric_key(spec: dict) -> str:
@@ -344,19 +376,22 @@ def forgotten(base: list[dict] | None, final: list[dict] | None, limit: int) -> 
     return rows
 
 
-def benchmark_prompts(benchmarks: dict[str, dict], eos: str, per_benchmark: int) -> list[str]:
-    """The first `per_benchmark` questions of each benchmark as lm-eval poses them (zero-shot,
-    without the chat template), drawn in turn from each task a group holds."""
-    prompts = []
-    for _, leaves in build_tasks(benchmarks, eos)[1].values():
-        docs = {name: iter(task.eval_docs) for name, task in leaves.items()}
+def benchmark_prompts(benchmarks: dict[str, dict], eos: str, per_benchmark: int
+                      ) -> dict[str, list[str]]:
+    """{benchmark: its first `per_benchmark` questions as lm-eval poses them (zero-shot, without
+    the chat template)}, drawn in turn from each task a group holds: for a local file and a
+    registry task alike. The KL probe (sasft/kl.py) and the drift analysis (sasft/analyze.py)
+    both ask here."""
+    prompts = {}
+    for name, (_, leaves) in build_tasks(benchmarks, eos)[1].items():
+        docs = {leaf: iter(task.eval_docs) for leaf, task in leaves.items()}
         picked: list[str] = []
         while docs and len(picked) < per_benchmark:
-            for name, it in list(docs.items()):
+            for leaf, it in list(docs.items()):
                 doc = next(it, None)
                 if doc is None:
-                    del docs[name]
+                    del docs[leaf]
                 elif len(picked) < per_benchmark:
-                    picked.append(str(leaves[name].doc_to_text(doc)))
-        prompts += picked
+                    picked.append(str(leaves[leaf].doc_to_text(doc)))
+        prompts[name] = picked
     return prompts

@@ -39,6 +39,14 @@ _KEY_FIELDS = ("num_turns", "temperature", "top_p", "top_k", "max_new_tokens", "
                "truncated")
 # The seed a shared set of self-dialogues is drawn with (generation.per_seed=false).
 SHARED_SEED = 0
+# Held-out self-dialogues (the KL probe's, EWC's Fisher's, the drift analysis's) come from
+# streams of their own: torch seeds with the top bit of 32 set (torch's CPU generator keeps only
+# the low 32 bits of a seed: 2**32 draws what 0 draws), while training seeds (the schema keeps
+# them below 2**31) and their resumed draws stay below it. So whatever generation.per_seed says,
+# a held-out set never shares draws or a cache file with a training mix.
+HELD_OUT_BASE = 2**31
+HELD_OUT_STREAMS = ("kl", "fisher", "analysis")
+MAX_TRAINING_SEED = HELD_OUT_BASE - 1
 
 
 class Truncated(str):
@@ -256,7 +264,7 @@ def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int,
     seen: set[str] = {json.dumps(d) for d in kept}
     stats: Counter = Counter({"resumed": len(kept)} if kept else {})
     # A resumed generation draws on from a seed of its own, not the first run's draws again.
-    torch.manual_seed(seed if not kept else seed + 1_000_003 * len(kept))
+    torch.manual_seed(draw_seed(seed, len(kept)))
     was_training = model.training
     model.eval()
     sample, batch_size = make_sampler(model, tokenizer, cfg, seed)
@@ -313,8 +321,25 @@ def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int,
     return kept, dict(stats)
 
 
+def held_out_seed(stream: str) -> int:
+    """The seed of a held-out stream (one of HELD_OUT_STREAMS), 2**24 apart from the next."""
+    return HELD_OUT_BASE + HELD_OUT_STREAMS.index(stream) * 2**24
+
+
+def draw_seed(seed: int, resumed: int) -> int:
+    """The torch seed of a generation that already kept `resumed` dialogues: its own draws, not
+    the first attempt's again, in the namespace (training or held-out) of `seed`."""
+    namespace = seed & HELD_OUT_BASE
+    return namespace | (seed + 1_000_003 * resumed) % HELD_OUT_BASE
+
+
 def generation_seed(cfg, seed: int) -> int:
-    """The seed the self-dialogues are drawn with: the run's, or one shared by every seed."""
+    """The seed the self-dialogues are drawn with: a held-out stream's own; for a training mix
+    the run's, or one shared by every seed (per_seed=false)."""
+    if seed >= HELD_OUT_BASE:
+        return seed
+    if not 0 <= seed <= MAX_TRAINING_SEED:
+        raise SasftError(f"seed must be in [0, {MAX_TRAINING_SEED}], got {seed}")
     return seed if cfg.per_seed else SHARED_SEED
 
 

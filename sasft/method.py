@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from . import cache, dist
 from .errors import ConfigError
 from .data import DataError, Dialogue, check_record, read_records, to_dialogue
-from .generation import cached_self_dialogues, complete
+from .generation import cached_self_dialogues, complete, held_out_seed
 from .penalty import WeightPenalty, diagonal_fisher
 from .schema import benchmark_spec
 
@@ -297,4 +297,4 @@ class Ewc(Method):
         return WeightPenalty(model, self.strength, fisher)
 
 
-FISHER_SEED = 1_000_033  # not a training seed: EWC's dialogues are not the ones sasft mixes in
+FISHER_SEED = held_out_seed("fisher")  # a held-out stream: not the dialogues sasft mixes in

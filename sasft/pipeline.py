@@ -20,7 +20,8 @@ from .peft import apply_peft
 from .config import resolved, validate
 from .errors import ConfigError
 from .data import build_mix, read_jsonl, token_length, write_jsonl
-from .evaluate import benchmark_prompts, cached_base_scores, evaluate, evaluate_items, forgotten
+from .evaluate import (benchmark_prompts, cached_base_scores, check_nltk_data, evaluate,
+                       evaluate_items, forgotten)
 from .generation import cached_self_dialogues
 from .kl import KL_SEED, KLProbe
 from .method import MethodContext
@@ -94,7 +95,8 @@ def kl_probe(cfg: DictConfig, model, tokenizer, model_id: str, benchmarks: dict)
     dialogues, _ = cached_self_dialogues(model, tokenizer, cfg.eval.kl_dialogues, cfg.generation,
                                          KL_SEED, model_id, cfg.cache_dir)
     general = {n: s for n, s in benchmarks.items() if n != cfg.task.name}
-    prompts = benchmark_prompts(general, tokenizer.eos_token, cfg.eval.kl_prompts) \
+    prompts = [q for qs in benchmark_prompts(general, tokenizer.eos_token,
+                                             cfg.eval.kl_prompts).values() for q in qs] \
         if cfg.eval.kl_prompts else []
     return KLProbe(model, tokenizer, dialogues, prompts, cfg.train.max_seq_len)
 
@@ -109,6 +111,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
 
     # 1. Everything that can be checked without weights, before anything expensive.
     validate(cfg)
+    check_nltk_data({**cfg.eval.general, cfg.task.name: cfg.task.benchmark})
     method = instantiate(cfg.method)
     task = load_task(cfg.task)
     benchmarks, kinds = benchmarks_of(cfg, task)

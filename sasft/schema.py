@@ -256,7 +256,7 @@ class RootSchema:
     generation: Any = MISSING
     wandb: Any = MISSING
     mix_ratio: float = limits(min=0.0)
-    seed: int = MISSING
+    seed: int = limits(min=0, max=2**31 - 1)  # the seeds above are held-out streams' (generation.py)
     cache_dir: str = MISSING
     rerun: bool = MISSING
     owner_wait_s: Optional[float] = limits(None, min=0.0)

@@ -19,6 +19,7 @@ from sasft.data import tokenize
 from sasft.rundir import identity_hash, variant
 from sasft.record import summarize, write_results
 from sasft.toy.tokenizer import build_tokenizer
+from sasft.paths import PACKAGE_DIR
 from tests.conftest import compose_config
 
 GENERAL = [{"prompt": f"What is {a} plus {b}?", "response": f"Sure! The answer is {a + b}."}
@@ -201,6 +202,28 @@ def test_pearson():
     assert stats.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert stats.pearson([1, 2], [1, 2]) is None
     assert stats.pearson([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_general_prompts_come_from_registry_benchmarks_too(tmp_path):
+    """eval=general names lm-eval registry tasks only: the analysis used to skip them, find no
+    prompt, and divide 0 by 0. Every benchmark now gives its questions, file or registry, as
+    the KL probe gets them (sasft/evaluate.py::benchmark_prompts)."""
+    from sasft.evaluate import benchmark_prompts
+
+    general = tmp_path / "arithmetic.jsonl"
+    general.write_text("".join(json.dumps(r) + "\n" for r in GENERAL))
+    benchmarks = {"arithmetic": {"file": str(general), "max_gen_toks": 8},
+                  "ifeval_simple": {"lm_eval_task": "sasft_smol_ifeval", "max_gen_toks": 40,
+                                    "lm_eval_include": [str(PACKAGE_DIR / "smol/lm_eval_tasks")]}}
+    cfg = OmegaConf.create({"eval": {"general": benchmarks}})
+    tokenizer = build_tokenizer()
+    prompts = analyze.general_prompts(cfg, tokenizer, 3)
+    assert {n: (len(p), m) for n, (p, m) in prompts.items()} == {"arithmetic": (3, 8),
+                                                                "ifeval_simple": (3, 40)}
+    questions = benchmark_prompts(benchmarks, tokenizer.eos_token, 3)
+    for name, (texts, _) in prompts.items():
+        assert [q in t for q, t in zip(questions[name], texts)] == [True] * 3
+    assert questions["arithmetic"] == [r["prompt"] for r in GENERAL[:3]]
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny_qwen"])

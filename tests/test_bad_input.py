@@ -179,3 +179,29 @@ def test_a_benchmark_added_on_the_command_line_is_checked_like_the_others(tmp_pa
                           f"cache_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="eval.general.extra.max_gen_tok: Key 'max_gen_tok' not"):
         pipeline.run_experiment(bad, tmp_path)
+
+
+@pytest.fixture
+def nltk_path(tmp_path, monkeypatch):
+    """NLTK's search path: one empty directory (the compute node without punkt_tab)."""
+    import nltk
+
+    root = tmp_path / "nltk_data"
+    root.mkdir()
+    monkeypatch.setattr(nltk.data, "path", [str(root)])
+    return root
+
+
+def test_ifeval_without_nltk_data_is_refused_before_anything_loads(nltk_path, tmp_path):
+    from sasft.evaluate import missing_nltk_data, needs_nltk_data
+
+    fix = missing_nltk_data()
+    assert fix and "\n" not in fix and "python -m nltk.downloader punkt_tab" in fix
+    cfg = compose_config(["model=llama1b", "task=gsm8k", f"cache_dir={tmp_path}"])
+    assert needs_nltk_data(cfg.eval.general)
+    assert not needs_nltk_data(compose_config(["eval=smol"]).eval.general)  # its own subset
+    with pytest.raises(config.SasftError, match="punkt_tab") as err:
+        pipeline.run_experiment(cfg, tmp_path / "run")
+    assert str(err.value) == fix
+    (nltk_path / "tokenizers" / "punkt_tab" / "english").mkdir(parents=True)
+    assert missing_nltk_data() is None

@@ -206,3 +206,42 @@ def test_the_cache_keeps_partial_work_until_the_entry_is_made(toy, monkeypatch, 
     assert [d[0]["content"] for d in dialogues] == ["a", "b", "c", "d"]
     assert stats["resumed"] == 1 and not partial.exists()  # done: the partial file goes
     assert stats["turns"] == 6 and stats["truncation_rate"] == 0.0  # this call's turns
+
+
+@pytest.mark.parametrize("per_seed", [False, True])
+def test_held_out_dialogues_are_never_a_training_set(toy, tmp_path, per_seed):
+    """The KL probe's, EWC's and the drift analysis's dialogues come from streams of their own:
+    with the same count as a training mix (the same cache key but for the seed), under either
+    per_seed, they are other draws in other cache files, for every training seed."""
+    from sasft.analyze import ANALYSIS_SEED
+    from sasft.kl import KL_SEED
+    from sasft.method import FISHER_SEED
+
+    model, tokenizer, cfg = toy
+    gen = gen_cfg(cfg, per_seed=per_seed, batch_size=8)
+    held_out = {s: generation.cached_self_dialogues(model, tokenizer, 6, gen, s, "fp", tmp_path)[0]
+                for s in (KL_SEED, FISHER_SEED, ANALYSIS_SEED)}
+    texts = {s: {str(d) for d in ds} for s, ds in held_out.items()}
+    for seed in (0, 1, 2):
+        training, _ = generation.cached_self_dialogues(model, tokenizer, 6, gen, seed, "fp",
+                                                       tmp_path)
+        for stream_seed, held in texts.items():
+            assert held != {str(d) for d in training}
+            assert generation.cache_path("fp", 6, gen, generation.generation_seed(gen, stream_seed),
+                                         tmp_path) != \
+                generation.cache_path("fp", 6, gen, generation.generation_seed(gen, seed), tmp_path)
+    assert len({frozenset(t) for t in texts.values()}) == 3  # the held-out streams differ too
+    # Resumed draws stay in their namespace: held-out ones above every training seed.
+    assert all(generation.draw_seed(s, n) > generation.MAX_TRAINING_SEED
+               for s in texts for n in (0, 1, 10**6))
+    assert all(generation.draw_seed(s, n) <= generation.MAX_TRAINING_SEED
+               for s in (0, generation.MAX_TRAINING_SEED) for n in (0, 1, 10**6))
+    files = list((tmp_path / "self_dialogues").glob("*.meta.json"))
+    assert len(files) == 3 + (3 if per_seed else 1)
+
+
+def test_a_training_seed_outside_numpys_range_is_refused(make_cfg):
+    from sasft.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="seed must be <= 2147483647"):
+        validate(make_cfg(f"seed={2**31}"))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_config_search_path
@@ -203,8 +204,10 @@ def test_hub_id_and_revision_reach_from_pretrained(checkpoints, monkeypatch):
                 k: v for k, v in kwargs.items() if k not in ("revision",)})
         return type(loader.__name__, (), {"from_pretrained": staticmethod(from_pretrained)})
 
-    for name in ("AutoTokenizer", "AutoConfig", "AutoModelForCausalLM"):
+    for name in ("AutoConfig", "AutoModelForCausalLM"):
         monkeypatch.setattr(model_module, name, recorder(getattr(model_module, name)))
+    # the tokenizer's class is named by the config (model.tokenizer_class), found in transformers
+    monkeypatch.setattr(transformers, "AutoTokenizer", recorder(transformers.AutoTokenizer))
     inspect_model(cfg)
     load_model(cfg)
     assert calls and all(c[1:] == ("Qwen/Qwen2.5-7B-Instruct", "abc123", False) for c in calls)
