@@ -232,7 +232,7 @@ def plane_figures(points: dict, runs: list[Run], failed: set, ratio: float | Non
                ylabel="in-domain change (final - base)",
                title=f"Learning against forgetting: {scope}")
         fig.legend(fontsize="small", loc="outside right upper")
-        bare = [m for m, (x, y) in methods.items() if x.seeds is None and x.items is None]
+        bare = [m for m, (x, y) in methods.items() if x.ci is None]
         caption = ("small dots: runs (hollow: did not learn the task); large: method mean, "
                    "bars: 95% interval" + (" (none without seeds or per-item scores: "
                                            f"{', '.join(bare)})" if bare else ""))
