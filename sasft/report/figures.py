@@ -223,8 +223,9 @@ def plane_figures(points: dict, runs: list[Run], failed: set, ratio: float | Non
                            facecolors="none" if hollow else color(method),
                            edgecolors=color(method))
             (xlo, xhi), (ylo, yhi) = x.interval, y.interval
-            ax.errorbar([x.mean], [y.mean], xerr=[[x.mean - xlo], [xhi - x.mean]],
-                        yerr=[[y.mean - ylo], [yhi - y.mean]], marker="o", markersize=9,
+            bar = lambda lo, mid, hi: [[max(0.0, mid - lo)], [max(0.0, hi - mid)]]  # noqa: E731
+            ax.errorbar([x.mean], [y.mean], xerr=bar(xlo, x.mean, xhi),
+                        yerr=bar(ylo, y.mean, yhi), marker="o", markersize=9,
                         capsize=4, color=color(method), markeredgecolor="black", label=method)
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.axvline(0, color="gray", linewidth=0.8)

@@ -41,6 +41,10 @@ def fewest(c: Components, detect: float, seeds: int | None = None, items: int | 
     return lo
 
 
+def seed_count(n: int) -> str:
+    return f"{n} seed" + "s" * (n != 1)
+
+
 def plan_lines(table: list[Scenario], detect: float) -> list[str]:
     lines = [f"# Design plan: the seeds and test items that detect a difference of {detect:g}",
              "", f"The smallest difference found with 80% power by a two-sided test at alpha "
@@ -56,11 +60,13 @@ def plan_lines(table: list[Scenario], detect: float) -> list[str]:
         rows = [[s, *(f"{c.detectable(s, n):.3f}" for n in sizes)] for s in SEEDS]
         lines += ["", f"## {name}", "",
                   f"Variance components (mean over the comparisons): seed {c.seed:.2e}, item "
-                  f"{c.item:.2e}, residual {c.residual:.2e}; the runs have {c.seeds} seeds x "
-                  f"{c.items} items (medians)."]
+                  f"{c.item:.2e}, residual {c.residual:.2e}; the runs have "
+                  f"{seed_count(c.seeds)} x {c.items} items (medians)."]
         if c.seeds == 1:
-            lines.append("With one seed, the seeds' share is unknown and counted as 0: run 2 "
-                         "or more seeds before trusting this plan.")
+            lines.append("With one seed, the seeds' share is unknown (counted as 0) and the "
+                         "items' cannot be told from the residual (all counted as the items', "
+                         "which more seeds do not shrink): run 2 or more seeds before trusting "
+                         "this plan.")
         if c.items == 1:
             lines.append("No per-item scores (results.json schema 2): items are not counted.")
         lines += ["", "| seeds | " + " | ".join(f"{n} items" for n in sizes) + " |",
@@ -69,9 +75,9 @@ def plan_lines(table: list[Scenario], detect: float) -> list[str]:
         by_seeds = fewest(c, detect, items=c.items)
         by_items = fewest(c, detect, seeds=c.seeds) if c.items > 1 else None
         lines.append(f"To detect {detect:g}: " + (
-            f"{by_seeds} seeds at {c.items} items" if by_seeds else
-            f"no number of seeds at {c.items} items") + "; " + (
-            f"{by_items} items at {c.seeds} seeds." if by_items else
-            f"no number of items at {c.seeds} seeds (the seeds' variance alone is too large)."
-            if c.items > 1 else "items unknown."))
+            f"{seed_count(by_seeds)} at {c.items} items" if by_seeds else
+            f"no number of seeds at {c.items} items (the items' variance alone is too large)")
+            + "; " + (f"{by_items} items at {seed_count(c.seeds)}." if by_items else
+                      f"no number of items at {seed_count(c.seeds)} (the seeds' variance "
+                      "alone is too large)." if c.items > 1 else "items unknown."))
     return lines

@@ -237,8 +237,8 @@ def components(matrix: np.ndarray) -> Components:
         ms_res = ms_item if s == 1 else 0.0  # one seed: item and residual cannot be told apart
     if n == 1:
         return Components(ms_seed, 0.0, 0.0, s, n)
-    if s == 1:
-        return Components(0.0, 0.0, ms_res, s, n)
+    if s == 1:  # counted as the item's: more seeds would not shrink it (the cautious side)
+        return Components(0.0, ms_res, 0.0, s, n)
     return Components(max(0.0, (ms_seed - ms_res) / n), max(0.0, (ms_item - ms_res) / s),
                       ms_res, s, n)
 
