@@ -59,7 +59,8 @@ def test_identical_methods_with_noisy_seeds_are_not_distinguishable(tmp_path, sp
     for seed, p in enumerate((0.5 - spread, 0.5, 0.5 + spread)):
         a = vector(p, seed)
         b = list(a)
-        ones, zeros = [i for i, x in enumerate(a) if x][:5], [i for i, x in enumerate(a) if not x][:5]
+        ones = [i for i, x in enumerate(a) if x][:5]
+        zeros = [i for i, x in enumerate(a) if not x][:5]
         for i, j in zip(ones, zeros):  # five items won, five lost
             b[i], b[j] = 0.0, 1.0
         t = vector(0.9, seed, salt=1)
@@ -167,3 +168,57 @@ def test_schema_2_runs_pair_at_seed_level(tmp_path):
     assert pair.verdict == "better" and pair.diff.shape == "3 seeds"
     assert "seed level: no per-item scores" in pair.text()
     assert pair.diff.ci == pytest.approx((0.2, 0.25))
+
+
+def learning_history(ys: list[float], forget_per_unit: float, base: float = 0.1,
+                     shift: float = 0.0) -> list[dict]:
+    """Periodic evaluations at in-domain scores `ys` (from the base), each general benchmark
+    losing `forget_per_unit` per unit of in-domain gain (+ a seed's `shift` after step 0)."""
+    out = []
+    for i, y in enumerate(ys):
+        g = -forget_per_unit * (y - base) + (shift if i else 0.0)
+        out.append({"step": 10 * i, "epoch": float(i), "eval_in_domain": y,
+                    "eval_general_g": 0.6 + g, "eval_general_g2": 0.8 + g})
+    return out
+
+
+def test_forgetting_at_equal_learning_recovers_a_planted_difference(tmp_path):
+    """task_only learns fast (to 0.9) and forgets 0.25 per unit learned; sasft learns slowly
+    (to 0.5) and forgets 0.5 per unit: both end 0.2 down, so their final general changes tie,
+    but at equal learning sasft forgets twice as much. ext_mix logs no general scores."""
+    from sasft.report import equal
+
+    finals = {"t": 0.5, "g": 0.4, "g2": 0.6}
+    base = {"t": 0.1, "g": 0.6, "g2": 0.8}
+    for seed, shift in enumerate((-0.01, 0.0, 0.01)):
+        write_run(tmp_path, "task_only", 1.0, seed, {**finals, "t": 0.9}, base=base,
+                  history=learning_history([0.1, 0.5, 0.7, 0.9], 0.25, shift=shift))
+        write_run(tmp_path, "sasft", 1.0, seed, finals, base=base,
+                  history=learning_history([0.1, 0.2, 0.35, 0.5], 0.5, shift=shift))
+        write_run(tmp_path, "ext_mix", 1.0, seed, finals, base=base)
+    rep = report.build_report(tmp_path)
+    change = next(sc for sc in rep.table if sc.benchmark == "general change")
+    assert change.find("sasft", "task_only").verdict == "not distinguishable"  # both -0.2
+
+    runs, _, ratio, _ = report.read_sweep(tmp_path, None, [])
+    [task] = equal.equal_learning(runs, ratio)
+    assert set(task.curves) == {"task_only", "sasft"}  # ext_mix has no curve
+    assert task.reach == pytest.approx({"task_only": 0.9, "sasft": 0.5})
+    levels = {round(lv.level, 3): lv for lv in task.levels}
+    assert list(levels) == [0.2, 0.3, 0.4, 0.5, 0.9]  # a quarter of the way to 0.5, ... , 0.9
+    for level in (0.3, 0.5):  # between evaluations of both methods: linear interpolation
+        lv = levels[level]
+        assert lv.cells["task_only"].mean == pytest.approx(-0.25 * (level - 0.1))
+        assert lv.cells["sasft"].mean == pytest.approx(-0.5 * (level - 0.1))
+        [(a, b, diff, verdict)] = lv.pairs
+        assert (a, b, verdict) == ("sasft", "task_only", "worse")
+        assert diff.mean == pytest.approx(-0.25 * (level - 0.1))
+    top = levels[0.9]
+    assert "sasft" not in top.cells and top.short["sasft"] == "reached by 0 of 3 seeds"
+    assert top.cells["task_only"].mean == pytest.approx(-0.2)
+    md = (rep.out_dir / "report.md").read_text()
+    section = md.split("## Forgetting at equal learning")[1].split("## Figure 2")[0]
+    assert "](fig_equal_learning.png)" in section
+    assert "| m | t | 0.900 | sasft | not reached (reached by 0 of 3 seeds) |" in section
+    assert "| m | t | 0.500 | sasft vs task_only | worse: -0.100" in section
+    assert (rep.out_dir / "equal_learning.csv").is_file()

@@ -33,6 +33,7 @@ from .compare import (GENERAL_CHANGE, HEADLINE_METHOD, BASELINE_METHOD, Learning
 from .figures import FIG2, FIG3, AXES, DEFAULT_AXIS, figure2, figure3  # noqa: F401 (FIG2, FIG3)
 from .runs import (Run, WhereError, family, find_runs, label_variants, ordered, reference_ratio,
                    select, write_csv)
+from .equal import equal_lines
 from .power import plan_lines
 from .sections import (drift_lines, example_lines, figure_md, kl_lines, md_table,
                        not_learned_lines, plane_lines)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Written only when there is something to show: removed first, so no stale copy outlives it.
 OPTIONAL_OUTPUTS = ("*.png", "mix_ratio.csv", "in_domain_steps.csv", "drift.csv", "plane.csv",
-                    "kl.csv", "pairs.csv")
+                    "kl.csv", "pairs.csv", "equal_learning.csv")
 
 
 # --- CSV ------------------------------------------------------------------------------------
@@ -138,7 +139,8 @@ def verdict_lines(table: list[Scenario]) -> list[str]:
             "scores (first minus second), paired by seed and by test item, and its 95% "
             "interval; better where the interval lies above 0, worse below, else not "
             "distinguishable. Detectable: the smallest difference the design finds with 80% "
-            "power (2.80 bootstrap standard errors; median over the general scenarios). "
+            "power (2.80 bootstrap standard errors; median and largest over the general "
+            "scenarios). "
             "Every scenario's verdict: pairs.csv.", "",
             *md_table(["pair", "general scenarios", "general change (per task)",
                        "in-domain (per task)", "detectable (general)"], rows), "",
@@ -206,6 +208,7 @@ def render(report: Report, sweep_dir: Path, how: str, figures: list[tuple],
              "brackets); a method is averaged over the scenarios (sc.) where it has runs.", "",
              *average_lines(averages(report.table, methods), methods), "",
              "## Learning against forgetting", "", *sections["plane"], "",
+             "## Forgetting at equal learning", "", *sections["equal"], "",
              "## Figure 2: mix ratio", "", figure_md(*figures[0]), "",
              "## Figure 3: in-domain score during training", "", figure_md(*figures[1]), "",
              "## KL from the base during training", "", *sections["kl"], "",
@@ -269,6 +272,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     failed = {v.run.dir for v in judged if not v.learned}
     sections = {"not learned": not_learned_lines(learned, judged),
                 "plane": plane_lines(runs, ratio, failed, out_dir),
+                "equal": equal_lines(runs, ratio, out_dir),
                 "kl": kl_lines(runs, ratio, out_dir, axis),
                 "examples": example_lines(runs, ratio),
                 "drift": drift_lines(runs, ratio, out_dir)}

@@ -334,7 +334,7 @@ def headline(table: list[Scenario]) -> str:
 
 def verdict_rows(table: list[Scenario]) -> list[list]:
     """Per pair of methods (families), the counts of its verdicts per kind of scenario, and the
-    median detectable difference over its general scenarios."""
+    median and largest detectable difference over its general scenarios."""
     pairs = ordered_pairs(table)
     rows = []
     for a, b in pairs:
@@ -346,7 +346,7 @@ def verdict_rows(table: list[Scenario]) -> list[list]:
         mdd = [p.diff.detectable for sc in table if sc.kind == "general" for p in sc.pairs
                if (family(p.method), family(p.reference)) == (a, b) and p.diff is not None
                and p.diff.detectable is not None]
-        cells.append(f"{statistics.median(mdd):.3f}" if mdd else "–")
+        cells.append(f"{statistics.median(mdd):.3f} (at most {max(mdd):.3f})" if mdd else "–")
         rows.append([f"{a} vs {b}", *cells])
     return rows
 
