@@ -29,7 +29,7 @@ from .model import fingerprint, inspect_model, load_model
 from .rundir import identity, identity_hash, short_identity, variant
 from .schema import benchmark_spec
 from .task import Task, load_task
-from .train import train
+from .train import EvaluateAtEnd, train
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,17 @@ def kl_probe(cfg: DictConfig, model, tokenizer, model_id: str, benchmarks: dict)
     return KLProbe(model, tokenizer, dialogues, prompts, cfg.train.max_seq_len)
 
 
+def general_subset(cfg: DictConfig):
+    """The eval settings of the periodic general scores (their first
+    eval.periodic_general_items items), or None where they are off or nothing evaluates."""
+    k = cfg.eval.periodic_general_items
+    if not k or not cfg.train.eval_every_steps:
+        return None
+    subset = cfg.eval.copy()
+    subset.limit = min(k, cfg.eval.limit or k)
+    return subset
+
+
 def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     """Run one experiment and write `results.json` into `run_dir`; returns the results.
     `callbacks` are extra Trainer callbacks (experiment trackers, for example)."""
@@ -132,6 +143,10 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
                                       model_id, cfg.cache_dir)
     with _timed(timings, "kl_probe"):  # held-out self-dialogues and the base's distributions
         probe = dist.on_main(kl_probe, cfg, model, tokenizer, model_id, benchmarks)
+    general = {n: s for n, s in benchmarks.items() if kinds[n] == "general"}
+    subset = general_subset(cfg)
+    with _timed(timings, "periodic_general_base"):  # the base's scores on the same subset
+        general_base = dist.on_main(evaluate, model, tokenizer, general, subset) if subset else {}
 
     # 3. The data mix: the task data as the method trains on it, plus its auxiliary dialogues.
     ctx = method_context(cfg, model, tokenizer, model_id, task)
@@ -149,15 +164,18 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
         penalty = method.penalty(model, ctx)
     in_domain = {cfg.task.name: benchmarks[cfg.task.name]}
 
-    def periodic_eval(m) -> dict[str, float]:  # Figure 3's in-domain score, and the KL
-        def measure():
+    def periodic_eval(m) -> dict[str, float]:  # Figure 3's in-domain score, the KL, and
+        def measure():                           # the general scores on their subset
+            general_now = evaluate(m, tokenizer, general, subset) if subset else {}
             return {"in_domain": evaluate(m, tokenizer, in_domain, cfg.eval)[cfg.task.name],
-                    **(probe(m) if probe else {})}
+                    **(probe(m) if probe else {}),
+                    **{f"general_{n}": v for n, v in general_now.items()}}
         return dist.on_main(measure)
 
-    with _timed(timings, "train"):
+    with _timed(timings, "train"):  # with general scores, the curve ends at the last step
         history = train(model, tokenizer, mix, cfg.train, run_dir, cfg.seed,
-                        periodic_eval=periodic_eval, penalty=penalty, callbacks=callbacks)
+                        periodic_eval=periodic_eval, penalty=penalty,
+                        callbacks=[*callbacks, *([EvaluateAtEnd()] if subset else [])])
     if cfg.train.save_model and dist.is_main():
         model.save_pretrained(run_dir / "model")
         tokenizer.save_pretrained(run_dir / "model")
@@ -182,7 +200,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
                 "task_truncated": truncation, "base_scores_computed": computed},
         "items": record.item_scores(base, final),
         "history": [{"step": 0, "epoch": 0.0, "eval_in_domain": base[cfg.task.name]["score"],
-                     **({"eval_kl_self": 0.0, "eval_kl_prompts": 0.0} if probe else {})},
+                     **({"eval_kl_self": 0.0, "eval_kl_prompts": 0.0} if probe else {}),
+                     **{f"eval_general_{n}": v for n, v in general_base.items()}},
                     *history],
         "identity": fields,
         "config": resolved(cfg),

@@ -212,6 +212,10 @@ class EvalSchema:
     kl_dialogues: int = limits(0, min=0)
     kl_prompts: int = limits(0, min=0)
     examples: int = limits(5, min=0)  # forgotten items kept per general benchmark
+    # At each periodic evaluation, the general benchmarks on their first N items too (of each
+    # task of a group; the base's once before training): forgetting at equal learning, in the
+    # report. 0 scores none.
+    periodic_general_items: int = limits(0, min=0)
 
 
 @dataclass

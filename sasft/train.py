@@ -95,6 +95,15 @@ class SFTTrainer(Trainer):
         return loss
 
 
+class EvaluateAtEnd(TrainerCallback):
+    """A periodic evaluation at the last step too, where eval_steps does not divide it: a
+    learning curve then ends at the trained model."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.eval_strategy != "no" and state.global_step >= state.max_steps:
+            control.should_evaluate = True
+
+
 def tokenized_dataset(tokenizer, mix: list[dict], max_seq_len: int) -> Dataset:
     rows = [tokenize(tokenizer, item["messages"], max_seq_len) for item in mix]
     # A dialogue whose assistant part was cut off entirely has nothing to learn from.

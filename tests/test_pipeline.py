@@ -120,3 +120,24 @@ def test_train_config_reaches_the_trainer(tmp_path, overrides, expected):
     args = training_arguments(cfg, tmp_path, seed=3, use_cpu=True, evaluate=True)
     assert {key: getattr(args, key) for key in expected} == expected
     assert (args.seed, args.data_seed) == (3, 3)
+
+
+def test_periodic_general_scores_on_a_subset(make_cfg, tmp_path):
+    """eval.periodic_general_items: each periodic evaluation scores the general benchmarks on
+    their first items too, the base once before training, and the last step is evaluated even
+    where eval_every_steps does not divide it (forgetting at equal learning, in the report)."""
+    cfg = make_cfg("method=task_only", "train.eval_every_steps=5",
+                   "eval.periodic_general_items=3")
+    results = run_experiment(cfg, tmp_path / "run")
+    evals = [h for h in results["history"] if "eval_in_domain" in h]
+    general = {f"eval_general_{b}" for b, s in results["scores"].items() if s["kind"] == "general"}
+    assert evals[0]["step"] == 0 and all(general <= set(h) for h in evals)
+    last = max(h["step"] for h in results["history"] if "step" in h)
+    assert evals[-1]["step"] == last and last % 5 != 0
+    assert evals[-1]["eval_in_domain"] == pytest.approx(s_base_final(results))
+    for key in general:  # 3 items: a score in thirds
+        assert all(round(3 * h[key], 6) == round(3 * h[key]) for h in evals)
+
+
+def s_base_final(results: dict) -> float:
+    return results["scores"]["parity"]["final"]

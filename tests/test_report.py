@@ -1,6 +1,7 @@
-"""The sweep report on a synthetic sweep whose numbers are known: table values, the best-method
-count with its ties, missing runs, figures, and W&B logging that can never fail the report.
-Intervals, the tie rule, runs that did not learn and the new sections: test_report_compare.py."""
+"""The sweep report on a synthetic sweep whose numbers are known: table values, the paired
+verdicts' counts, missing runs, figures, and W&B logging that can never fail the report.
+Intervals, paired verdicts, power, did-not-learn and the new sections: test_report_compare.py
+and test_report_paired.py."""
 
 from __future__ import annotations
 
@@ -96,45 +97,60 @@ def rows_of(path: Path) -> dict[str, dict]:
         return {row["benchmark"]: row for row in csv.DictReader(f)}
 
 
-def test_table_values_best_count_and_ties(sweep):
+HEADLINE = ("SA-SFT forgets less than task-only in 2 of 2 general scenarios, more in 0, "
+            "not distinguishable in the rest")
+
+
+def test_table_values_and_paired_verdicts(sweep):
     rep = report.build_report(sweep)
     assert rep.ratio == 1.0
-    # No run kept per-item scores: the intervals are the t-intervals over seeds only, and a
-    # method with one seed (or equal seeds) is a point.
-    assert rep.headline == "SA-SFT best or tied in 2 of 3 scenarios, alone best in 0"
+    # No run kept per-item scores: cells and differences are bootstrapped over seeds only.
+    # sasft - task_only per seed: g1 0.6 - 0.5 and 0.6 - 0.3, g2 0.5 - 0.4 and 0.7 - 0.4:
+    # every seed in SA-SFT's favour.
+    assert rep.headline == HEADLINE
     by_bench = {sc.benchmark: sc for sc in rep.table}
-    assert list(by_bench) == ["t", "g1", "g2"]  # in-domain first
-    t, g1, g2 = by_bench["t"], by_bench["g1"], by_bench["g2"]
+    assert list(by_bench) == ["t", "g1", "g2", "general change"]  # in-domain first
+    t, g1, g2, change = by_bench["t"], by_bench["g1"], by_bench["g2"], by_bench["general change"]
     # seed 0 of task_only is (0.9 + 0.7) / 2 = 0.8, seed 1 is 0.8: mean 0.8, std 0, two seeds
     assert t.final["task_only"].mean == pytest.approx(0.8)
     assert t.final["task_only"].std == pytest.approx(0.0)
     assert t.final["task_only"].n == 2
-    assert t.best == ["ext_mix"]  # 0.95 at ratio 1.0; sasft's 0.95 at ratio 0.5 is not counted
-    # g1: freeze is within 1e-9 of sasft (two points), and task_only's seeds (0.5, 0.3) give a
-    # t-interval of 0.4 ± 12.706 * 0.1414 / sqrt(2) that reaches sasft's 0.6.
-    assert g1.best == ["task_only", "freeze", "sasft"]
-    assert g1.final["task_only"].seeds == pytest.approx((0.4 - 1.2706, 0.4 + 1.2706), abs=1e-4)
-    assert g1.final["freeze"].interval == (pytest.approx(0.6), pytest.approx(0.6))  # one seed
-    # g2: sasft is highest (0.6) but its two seeds (0.5, 0.7) make an interval wider than [0, 1]
-    assert g2.best == ["task_only", "freeze", "ext_mix", "sasft"]
+    # two seeds, seed level: the interval spans the two seeds (no t = 12.7), inside [0, 1]
+    assert g1.final["task_only"].ci == pytest.approx((0.3, 0.5))
+    assert g1.final["freeze"].ci is None  # one seed, no items: nothing to resample
     assert g2.final["sasft"].mean == pytest.approx(0.6)
     assert g2.final["sasft"].std == pytest.approx(0.1414213562)  # stdev(0.5, 0.7)
     assert g2.delta["sasft"].mean == pytest.approx(0.1)
     assert g2.base == pytest.approx(0.5)
-    assert report.best_counts(rep.table) == {"ext_mix": (2, 1), "freeze": (2, 0),
-                                             "task_only": (2, 0), "sasft": (2, 0)}
+    verdicts = {(sc.benchmark, p.method, p.reference): p for sc in rep.table for p in sc.pairs}
+    assert verdicts[("g1", "sasft", "task_only")].verdict == "better"
+    assert verdicts[("g1", "sasft", "task_only")].diff.ci == pytest.approx((0.1, 0.3))
+    assert verdicts[("g2", "sasft", "task_only")].verdict == "better"
+    # freeze has seed 0 only, no items: on one common seed there is nothing to test against
+    free = verdicts[("g1", "sasft", "freeze")]
+    assert free.verdict == "not distinguishable" and "nothing to resample" in free.note
+    assert verdicts[("t", "sasft", "task_only")].verdict == "better"  # 0.85 vs 0.8, both seeds
+    assert verdicts[("g1", "ext_mix", "task_only")].diff.shape == "1 seed"
+    # the mean general change: sasft +0.025 / +0.125, task_only -0.075 / -0.175 per seed
+    assert change.delta["sasft"].mean == pytest.approx(0.075)
+    assert change.find("sasft", "task_only").diff.ci == pytest.approx((0.1, 0.3))
+    assert change.find("sasft", "task_only").verdict == "better"
 
     md = (rep.out_dir / "report.md").read_text()
-    assert "\n**SA-SFT best or tied in 2 of 3 scenarios, alone best in 0.**" in md
-    assert "0.600 [-0.67, 1.87] (+0.100), n=2" in md
+    assert f"\n**{HEADLINE}.**" in md
+    assert "0.600 [0.50, 0.70] (+0.100), n=2" in md
     assert "0.950 (+0.850), n=1 |" in md  # ext_mix on t: one seed, no items: no interval
-    assert "Tie rule" in md and "mean final score over seeds" in md
+    assert "## Paired verdicts" in md and "docs/report.md" in md
+    assert "| sasft vs task_only | forgets less in 2 of 2 scenarios, more in 0" in md
     table = rows_of(rep.out_dir / "table.csv")
     assert float(table["g2"]["sasft_final"]) == pytest.approx(0.6)
     assert float(table["g1"]["task_only_final_std"]) == pytest.approx(0.1414213562)
-    assert table["g1"]["best"] == "task_only+freeze+sasft"
-    assert float(table["g1"]["task_only_final_lo"]) == pytest.approx(0.4 - 1.2706, abs=1e-4)
+    assert table["g1"]["verdict"] == "better"
+    assert float(table["g1"]["task_only_final_lo"]) == pytest.approx(0.3)
     assert table["t"]["sasft_seeds"] == "2"
+    pairs = list(csv.DictReader((rep.out_dir / "pairs.csv").open()))
+    assert {(r["benchmark"], r["method"], r["reference"]) for r in pairs} >= {
+        ("general change", "sasft", "freeze"), ("g2", "ext_mix", "task_only")}
 
 
 def test_averages_per_benchmark_and_overall(sweep):
@@ -156,18 +172,19 @@ def test_a_method_absent_from_a_scenario(sweep):
     write_run(sweep, "task_only", 1.0, 0, {"u": 0.5, "g1": 0.5}, task="u",
               base={"u": 0.2, "g1": 0.55})
     rep = report.build_report(sweep)
-    assert rep.headline == ("SA-SFT best or tied in 2 of 5 scenarios, alone best in 0")  # u:
-    # task u's two scenarios have task_only only
+    assert rep.headline == HEADLINE  # task u's scenarios have task_only only: no pair
     header, rows = report.table_rows(rep.table, ["task_only", "sasft"])
     u_row = next(r for r in rows if r[1] == "u" and r[2] == "u")
     assert u_row[header.index("sasft_final")] is None  # None, not "": W&B tables need one type
-    assert u_row[header.index("best")] == "task_only"
+    assert u_row[header.index("verdict")] is None
 
 
 def test_reference_ratio_changes_the_count(sweep, tmp_path):
     rep = report.build_report(sweep, out_dir=tmp_path / "at_half", ratio=0.5)
-    # sasft at 0.5 (one seed): alone on t and g2; on g1 task_only's wide interval reaches it
-    assert rep.headline == "SA-SFT best or tied in 3 of 3 scenarios, alone best in 2"
+    # sasft at 0.5 has one seed: against task_only on that one seed, without items, nothing
+    # can be told apart
+    assert rep.headline == ("SA-SFT forgets less than task-only in 0 of 2 general scenarios, "
+                            "more in 0, not distinguishable in the rest")
     assert (tmp_path / "at_half" / "report.md").is_file()
 
 
@@ -211,7 +228,7 @@ def test_figure2_skipped_with_one_ratio(tmp_path):
 
 def test_cli(sweep, capsys):
     report.main([str(sweep), "--ratio", "1.0"])
-    assert "SA-SFT best or tied in 2 of 3 scenarios, alone best in 0" in capsys.readouterr().out
+    assert HEADLINE in capsys.readouterr().out
 
 
 class FakeWandb(SimpleNamespace):
@@ -244,7 +261,7 @@ def test_wandb_logs_table_and_figures_offline_without_key(sweep, monkeypatch):
     assert fake.init_kwargs["job_type"] == "report"
     assert fake.init_kwargs["mode"] == "offline"
     kind, columns, data = fake.logged["scenarios"]
-    assert kind == "table" and "sasft_final" in columns and len(data) == 3
+    assert kind == "table" and "sasft_final" in columns and len(data) == 4
     assert fake.logged["fig2_mix_ratio"][0] == "image"
     assert fake.logged["fig3_in_domain_steps"][0] == "image"
     assert fake.finished and fake.summary["headline"] == report.headline(report.build_report(

@@ -1,12 +1,13 @@
-"""The honest comparison: intervals (bootstrap over items, t over seeds), the tie rule, runs that
-did not learn the task, and the report's new sections, on synthetic sweeps with known numbers.
-The per-item vectors are built so that intervals must, or must not, overlap."""
+"""The comparison on synthetic one-seed sweeps with known numbers: the bootstrap's interval over
+test items, paired verdicts on items, methods that did not learn the task, and the report's
+sections. Paired verdicts over seeds and items, power and equal learning: test_report_paired.py."""
 
 from __future__ import annotations
 
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from sasft.report import cli as report, compare, stats
@@ -49,50 +50,60 @@ def plane_sweep(root, examples: bool = True):
     return root
 
 
-def test_item_bootstrap_and_t_interval():
-    lo, hi = stats.item_interval([("b", ones(100, 200))])
+def one_seed(values, name="b", point=None) -> stats.Sample:
+    return stats.sample({0: [(name, float(np.mean(values)) if point is None else point,
+                              values, 1.0)]})
+
+
+def test_item_bootstrap():
+    s = stats.bootstrap(one_seed(ones(100, 200)))
+    lo, hi = s.ci
     assert 0.42 < lo < 0.46 and 0.54 < hi < 0.58  # 0.5 ± 1.96 * sqrt(0.25 / 200) = ± 0.069
-    assert stats.item_interval([("b", ones(100, 200))]) == (lo, hi)  # a fixed seed
-    assert stats.item_interval([("b", [0.0] * 50)]) == (0.0, 0.0)  # no change: no spread
+    assert stats.bootstrap(one_seed(ones(100, 200))).ci == (lo, hi)  # a fixed seed
+    assert stats.bootstrap(one_seed([0.0] * 50)).ci == (0.0, 0.0)  # no change: no spread
     # moved to the recorded score where a corpus-level metric differs from the items' mean
-    assert stats.item_interval([("b", ones(100, 200))], point=0.6) == pytest.approx(
+    assert stats.bootstrap(one_seed(ones(100, 200), point=0.6)).ci == pytest.approx(
         (lo + 0.1, hi + 0.1))
-    assert stats.item_interval([("b", None)]) is None
-    assert stats.t_interval([0.5, 0.7]) == pytest.approx((0.6 - 1.2706, 0.6 + 1.2706), abs=1e-4)
-    assert stats.t_interval([0.5]) is None
-    # the same benchmark name and size draw the same items: a paired delta
-    a = stats.resampled_means(ones(120), "g")
-    b = stats.resampled_means(ones(100), "g")
-    d = stats.resampled_means([f - s for f, s in zip(ones(120), ones(100))], "g")
-    assert d == pytest.approx(a - b)
+    # ... and clipped to the score's range
+    assert stats.bootstrap(one_seed(ones(190, 200), point=0.99), stats.SCORE_RANGE).ci[1] == 1.0
+    assert stats.bootstrap(one_seed(ones(100, 200))).detectable == pytest.approx(
+        2.8 * 0.5 / 200 ** 0.5, rel=0.1)
+    # the same benchmark name and size draw the same items: a difference is paired
+    a, b = one_seed(ones(120), "g"), one_seed(ones(100), "g")
+    d = stats.difference(a, b)
+    assert stats.resampled_means(d) == pytest.approx(stats.resampled_means(a)
+                                                     - stats.resampled_means(b))
 
 
-def test_tie_rule_and_did_not_learn(tmp_path):
+def test_paired_verdicts_and_did_not_learn(tmp_path):
     rep = report.build_report(plane_sweep(tmp_path / "sweep"))
     by = {sc.benchmark: sc for sc in rep.table}
     t, g, g2 = by["t"], by["g"], by["g2"]
-    # t: task_only 0.95 is best; sasft 0.93 and ext_mix 0.92 overlap it; freeze 0.52 does not
-    assert t.top == "task_only" and t.best == ["task_only", "ext_mix", "sasft"]
-    # freeze did not learn t (0.52, chance 0.5): out of the general scenarios, though it forgot
-    # least; without that rule it would be alone best on g (0.90) and g2 (0.95)
-    assert g.not_learned == {"freeze"} and "freeze" not in g.contenders
-    assert g.top == "sasft" and g.best == ["ext_mix", "sasft"]  # 0.66 overlaps 0.70
-    assert g2.best == ["sasft"]  # 0.88 against ext_mix's 0.50
-    assert rep.headline == "SA-SFT best or tied in 3 of 3 scenarios, alone best in 1"
-    assert compare.best_counts(rep.table) == {"task_only": (1, 0), "ext_mix": (2, 0),
-                                              "sasft": (3, 1)}
-    lo, hi = g.final["sasft"].items
+    # freeze did not learn t (0.52, chance 0.5): left out of the general comparisons, though it
+    # forgot least (g 0.90, g2 0.95)
+    assert g.not_learned == {"freeze"} and t.not_learned == {"freeze"}
+    assert g.find("freeze", "task_only").verdict == compare.LEFT_OUT
+    assert g.find("sasft", "freeze").verdict == compare.LEFT_OUT
+    assert t.find("sasft", "freeze").verdict == "better"  # in-domain: no one is left out
+    # sasft 0.70 against ext_mix 0.66 on g: the marginal intervals overlap (the old rule tied
+    # them), but paired, sasft has the 132 items ext_mix has and 8 more: better
+    assert g.final["ext_mix"].ci[1] > g.final["sasft"].ci[0]
+    assert g.find("sasft", "ext_mix").verdict == "better"
+    assert g2.find("sasft", "task_only").verdict == "better"
+    assert rep.headline == ("SA-SFT forgets less than task-only in 2 of 2 general scenarios, "
+                            "more in 0, not distinguishable in the rest")
+    lo, hi = g.final["sasft"].ci
     assert lo < 0.70 < hi and hi - lo == pytest.approx(0.13, abs=0.02)
-    assert g.final["sasft"].seeds is None  # one seed
+    assert g.final["sasft"].shape == "1 seed x 200 items"
 
-    flagged = {v.run.label: v for v in rep.verdicts if not v.learned}
-    assert list(flagged) == ["freeze"]
-    assert "chance 0.500" in flagged["freeze"].reasons[0]
+    flagged = [l for l in rep.learned if not l.learned]
+    assert [(l.method, [v.run.seed for v in l.short]) for l in flagged] == [("freeze", [0])]
+    assert "chance 0.500" in flagged[0].reasons[0]
     md = (rep.out_dir / "report.md").read_text()
-    assert "in-domain: best or tied in 1 of 1, alone best in 0" in md
-    assert "3 of 3 scenarios involve a method with a run that did not learn the task" in md
-    assert "1 of 4 runs did not learn the task" in md
-    assert "0.520 [0.46, 0.59] (+0.520), n=1 †" in md
+    assert "1 of 4 methods x tasks did not learn the task" in md
+    assert "1 of 4 runs, judged alone, fell short" in md
+    assert "seed 0: final 0.520" in md
+    assert "(+0.520), n=1 †" in md
     assert "general, where the method learned the task" in md
 
 
@@ -120,24 +131,11 @@ def test_did_not_learn_on_delta_and_a_learned_run(tmp_path):
     rep = report.build_report(root)
     g = next(sc for sc in rep.table if sc.benchmark == "g")
     assert g.not_learned == {"freeze", "sasft"}
-    # sasft (0.5) and freeze (0.5) forgot nothing on g, but did not learn u: ext_mix's 0.4
-    # (no items for g: a point) is best alone, ahead of task_only's 0.1
-    assert g.best == ["ext_mix"]
-
-
-def test_cell_pools_seeds_and_spans_both_intervals(tmp_path):
-    root = tmp_path / "sweep"
-    base = {"t": 0.0, "g": 0.5}
-    for seed, k in ((0, 120), (1, 140)):
-        write_run(root, "sasft", 1.0, seed, {"t": 0.9, "g": k / N}, base=base,
-                  items={"g": {"base": ones(100), "final": ones(k)}})
-    rep = report.build_report(root)
-    g = next(sc for sc in rep.table if sc.benchmark == "g").final["sasft"]
-    assert g.mean == pytest.approx(0.65) and g.n == 2
-    pooled = [(a + b) / 2 for a, b in zip(ones(120), ones(140))]
-    assert g.items == pytest.approx(stats.item_interval([("g", pooled)]))
-    assert g.seeds == pytest.approx(stats.t_interval([0.6, 0.7]))
-    assert g.interval == (min(g.items[0], g.seeds[0]), max(g.items[1], g.seeds[1]))
+    # g kept no items and there is one seed: ext_mix (0.4) against task_only (0.1) is a point
+    # difference with nothing to resample, not a verdict
+    pair = g.find("ext_mix", "task_only")
+    assert pair.verdict == "not distinguishable" and pair.diff.mean == pytest.approx(0.3)
+    assert pair.diff.ci is None and "nothing to resample" in pair.text()
 
 
 def test_new_sections_and_figures(tmp_path):
@@ -146,7 +144,7 @@ def test_new_sections_and_figures(tmp_path):
     for name in ("fig_plane.png", "fig_plane_m.png", "fig_kl_sasft.png", "fig_kl_freeze.png",
                  report.FIG3):
         assert (rep.out_dir / name).stat().st_size > 1000 and f"]({name})" in md
-    for section in ("## Runs that did not learn the task", "## Learning against forgetting",
+    for section in ("## Methods that did not learn the task", "## Learning against forgetting",
                     "## KL from the base during training", "## What forgetting looks like"):
         assert section in md
     plane = list(csv.DictReader((rep.out_dir / "plane.csv").open()))
@@ -170,7 +168,7 @@ def test_new_sections_and_figures(tmp_path):
 def test_fig3_axis_option(tmp_path, capsys):
     root = plane_sweep(tmp_path / "sweep", examples=False)
     report.main([str(root), "--fig3-axis", "steps", "--out", str(tmp_path / "steps")])
-    assert "alone best in 1" in capsys.readouterr().out
+    assert "forgets less than task-only in 2 of 2" in capsys.readouterr().out
     assert (tmp_path / "steps" / report.FIG3).is_file()
     with pytest.raises(SystemExit):
         report.main([str(root), "--fig3-axis", "tokens"])
@@ -187,13 +185,15 @@ def test_old_runs_without_items_or_kl(tmp_path):
     rep = report.build_report(root)
     md = (rep.out_dir / "report.md").read_text()
     assert "2 runs kept no per-item scores" in md
-    assert "point value" in md and "1 of 2 runs did not learn the task" in md
+    assert "point value" in md and "1 of 2 methods x tasks did not learn the task" in md
     assert "No run logged KL during training" in md
     assert "No run wrote forgetting_examples.jsonl" in md
     assert "some runs logged no epoch" in md  # Figure 3 falls back to steps
     assert (rep.out_dir / "fig_plane.png").is_file()
     g1 = next(sc for sc in rep.table if sc.benchmark == "g1")
-    assert g1.best == ["task_only"]  # sasft did not learn t (delta 0): out of g1
+    assert g1.not_learned == {"sasft"}  # delta 0 on t: out of g1's comparisons
+    assert g1.find("sasft", "task_only").verdict == compare.LEFT_OUT
+    assert "left out in 1: a method did not learn the task" in rep.headline
     results = json.loads(next(root.rglob("results.json")).read_text())
     assert results["schema"] == 2
 

@@ -223,8 +223,9 @@ def plane_figures(points: dict, runs: list[Run], failed: set, ratio: float | Non
                            facecolors="none" if hollow else color(method),
                            edgecolors=color(method))
             (xlo, xhi), (ylo, yhi) = x.interval, y.interval
-            ax.errorbar([x.mean], [y.mean], xerr=[[x.mean - xlo], [xhi - x.mean]],
-                        yerr=[[y.mean - ylo], [yhi - y.mean]], marker="o", markersize=9,
+            bar = lambda lo, mid, hi: [[max(0.0, mid - lo)], [max(0.0, hi - mid)]]  # noqa: E731
+            ax.errorbar([x.mean], [y.mean], xerr=bar(xlo, x.mean, xhi),
+                        yerr=bar(ylo, y.mean, yhi), marker="o", markersize=9,
                         capsize=4, color=color(method), markeredgecolor="black", label=method)
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.axvline(0, color="gray", linewidth=0.8)
@@ -232,7 +233,7 @@ def plane_figures(points: dict, runs: list[Run], failed: set, ratio: float | Non
                ylabel="in-domain change (final - base)",
                title=f"Learning against forgetting: {scope}")
         fig.legend(fontsize="small", loc="outside right upper")
-        bare = [m for m, (x, y) in methods.items() if x.seeds is None and x.items is None]
+        bare = [m for m, (x, y) in methods.items() if x.ci is None]
         caption = ("small dots: runs (hollow: did not learn the task); large: method mean, "
                    "bars: 95% interval" + (" (none without seeds or per-item scores: "
                                            f"{', '.join(bare)})" if bare else ""))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .compare import Verdict, plane
+from .compare import Learning, Verdict, plane
 from .figures import kl_figures, layer_figure, plane_figures, scatter_figure
 from ..record import EXAMPLES_FILE
 from .runs import DRIFT_FILE, MEASURES, Run, at_reference, ordered, write_csv
@@ -41,27 +41,32 @@ def figure_md(path: Path | None, note: str = "") -> str:
 # --- runs that did not learn the task ------------------------------------------------------
 
 
-def not_learned_lines(judged: list[Verdict], ratio: float | None) -> list[str]:
-    flagged = [v for v in judged if not v.learned]
-    no_items = sum(v.final.items is None for v in judged)
-    lines = [f"{len(flagged)} of {len(judged)} runs did not learn the task: the lower end of "
-             "the 95% item-bootstrap interval of their in-domain change is <= 0, or that of "
-             "their in-domain final score is <= the test's chance score (where it has one). "
-             "A method with such a run (at the reference ratio) in a (model, task) is marked † "
-             "in the scenario table and left out of that task's general scenarios: it neither "
-             "wins nor sets the best there."]
+def not_learned_lines(learned: list[Learning], judged: list[Verdict]) -> list[str]:
+    """Each method x task judged on its in-domain cell; the runs that, alone, fell short."""
+    failed = [l for l in learned if not l.learned]
+    short = [v for v in judged if not v.learned]
+    no_items = sum(v.final.ci is None for v in judged)
+    lines = [f"{len(failed)} of {len(learned)} methods x tasks did not learn the task: the "
+             "lower end of the 95% interval of their in-domain change (paired against the base "
+             "over seeds and items) is <= 0, or that of their in-domain score is <= the test's "
+             "chance score (where it has one). Such a method is marked † in the scenario table "
+             "and left out of that task's general comparisons. "
+             f"{len(short)} of {len(judged)} runs, judged alone, fell short."]
     if no_items:
         lines[0] += (f" {no_items} runs kept no per-item scores (written before results.json "
-                     "schema 3): they are judged on their point values, without an interval.")
-    if not flagged:
+                     "schema 3): a run alone is judged on its point values.")
+    rows = [[l.model, l.task, l.method, l.final.n, f"{l.final.mean - l.delta.mean:.3f}",
+             f"{l.final.mean:.3f} {l.final.interval_text(3)}",
+             f"{l.delta.mean:+.3f} {l.delta.interval_text(3, True)}",
+             "–" if l.chance is None else f"{l.chance:.3f}", "yes" if l.learned else "**no**",
+             "; ".join(l.reasons) or "–",
+             "; ".join(f"seed {v.run.seed}: {', '.join(v.reasons)}" for v in l.short) or "none"]
+            for l in learned if not l.learned or l.short]
+    if not rows:
         return lines
-    rows = [[v.run.model, v.run.task, v.run.label, v.run.ratio if v.run.mixes_data else "–",
-             v.run.seed, "yes" if at_reference(v.run, ratio) else "no",
-             f"{v.final.mean - v.delta.mean:.3f}", f"{v.final.mean:.3f}",
-             "–" if v.chance is None else f"{v.chance:.3f}", "; ".join(v.reasons)]
-            for v in flagged]
-    return lines + ["", *md_table(["model", "task", "method", "mix_ratio", "seed", "counted",
-                                   "base", "final", "chance", "why"], rows)]
+    return lines + ["", *md_table(["model", "task", "method", "seeds", "base", "final",
+                                   "change", "chance", "learned", "why", "seeds that fell short"],
+                                  rows)]
 
 
 # --- the learning-forgetting plane ---------------------------------------------------------
@@ -81,8 +86,8 @@ def plane_lines(runs: list[Run], ratio: float | None, failed: set, out_dir: Path
             for m, (x, y) in points["all models"].items()]
     return ["Each run is a point: its general change (mean over the general benchmarks, x) "
             "against its in-domain change (y), at the reference ratio; each method's mean over "
-            "its runs carries its 95% interval both ways (the span of the t-interval over seeds "
-            "and the item bootstrap, each task's benchmarks resampled on their own). Up and "
+            "its runs carries its 95% interval both ways (the hierarchical bootstrap over seeds "
+            "and each task's benchmarks' items, docs/report.md). Up and "
             "right is better: learning without forgetting. Over the whole grid:", "",
             *md_table(["method", "general change", "in-domain change", "seeds"], rows), "",
             *(figure_md(p) + "\n" for p in paths)]

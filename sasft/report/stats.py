@@ -1,13 +1,7 @@
-"""The report's statistics: mean and std over seeds with a t-interval, a bootstrap over test
-items, and Pearson's r. numpy and the standard library only (no torch, no scipy).
-
-Two intervals, both at 95%:
-  - over seeds (n >= 2): mean ± t(0.975, n - 1) · std / sqrt(n), Student's t;
-  - over test items: a percentile bootstrap, 1000 resamples of the test items with replacement.
-    The indices drawn depend only on the benchmark's name and its number of items, so every run
-    of a benchmark (base and final, every seed, every method) is resampled on the same items:
-    deltas are paired, and a cell pooled over seeds resamples the items once for all its seeds.
-    A mean over several benchmarks resamples each benchmark independently.
+"""The report's statistics: one hierarchical bootstrap over seeds and test items, for a cell's
+interval and for the paired difference between two methods; the detectable difference (power)
+and the design plan; Pearson's r. numpy and the standard library only (no torch, no scipy).
+What they mean for the report, written once: docs/report.md ("How the report counts").
 """
 
 from __future__ import annotations
@@ -22,105 +16,245 @@ import numpy as np
 
 RESAMPLES = 1000
 LEVEL = 0.95
-# Student's t, 0.975 quantile, for 1..30 degrees of freedom; 1.96 (the normal) beyond.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-TOLERANCE = 1e-9  # point values this close are equal (a degenerate interval still overlaps)
+# The smallest true difference a two-sided test at alpha 0.05 finds with 80% power is
+# (z(0.975) + z(0.80)) standard errors: 1.96 + 0.84 = 2.80 (normal approximation).
+POWER_FACTOR = 2.80
+TOLERANCE = 1e-9  # an interval end this close to 0 touches it
+SCORE_RANGE, CHANGE_RANGE = (0.0, 1.0), (-1.0, 1.0)  # every score is in [0, 1] (evaluate.py)
 
 Interval = tuple[float, float]
 
 
 @dataclass(frozen=True)
+class Part:
+    """One benchmark's scores in a sample: a matrix of seeds x test items (one column, the
+    recorded score, where the runs kept no per-item scores), weighted in the sample's mean."""
+    name: str
+    matrix: np.ndarray
+    recorded: np.ndarray  # the recorded score per seed
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What one quantity was measured on: its seeds (sorted), per seed the recorded value
+    (`points`), and the parts the bootstrap resamples; `items` tells whether they are
+    per-item scores (else one column per seed: a seed-level bootstrap)."""
+    seeds: tuple[int, ...]
+    points: np.ndarray
+    parts: tuple[Part, ...]
+    items: bool
+
+    @property
+    def shape(self) -> str:
+        """"3 seeds x 100 items" (the items of one benchmark, or a range), or "3 seeds"."""
+        sizes = sorted({p.matrix.shape[1] for p in self.parts})
+        seeds = f"{len(self.seeds)} seed{'s' * (len(self.seeds) != 1)}"
+        if not self.items:
+            return seeds
+        items = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        return f"{seeds} x {items} items"
+
+    @property
+    def replicated(self) -> bool:
+        """Whether there is anything to resample: 2 or more seeds, or per-item scores."""
+        return len(self.seeds) > 1 or self.items
+
+
+def sample(per_seed: dict[int, list[tuple[str, float, list[float] | None, float]]]) -> Sample:
+    """A Sample from {seed: [(part name, recorded value, per-item scores or None, weight)]}.
+    Per-item scores are used where every seed has them for every part with equal lengths;
+    otherwise the sample is seed-level (each part's recorded value per seed)."""
+    seeds = tuple(sorted(per_seed))
+    names = [name for name, *_ in per_seed[seeds[0]]]
+    rows = {s: {name: (value, items, weight) for name, value, items, weight in per_seed[s]}
+            for s in seeds}
+    if any(set(rows[s]) != set(names) for s in seeds):
+        raise ValueError(f"seeds {seeds} measured different parts")
+    lengths = {(name, None if rows[s][name][1] is None else len(rows[s][name][1]))
+               for s in seeds for name in names}
+    items = all(n for _, n in lengths) and len(lengths) == len(names)
+    parts = []
+    for name in names:
+        matrix = [rows[s][name][1] if items else [rows[s][name][0]] for s in seeds]
+        recorded = np.array([rows[s][name][0] for s in seeds], dtype=float)
+        parts.append(Part(name, np.asarray(matrix, dtype=float), recorded,
+                          rows[seeds[0]][name][2]))
+    total = sum(p.weight for p in parts)
+    points = np.array([sum(rows[s][n][0] * rows[s][n][2] for n in names) / total for s in seeds])
+    return Sample(seeds, points, tuple(parts), items)
+
+
+def restrict(smp: Sample, seeds: tuple[int, ...]) -> Sample:
+    keep = [smp.seeds.index(s) for s in seeds]
+    return Sample(seeds, smp.points[keep], tuple(Part(p.name, p.matrix[keep], p.recorded[keep],
+                                                      p.weight) for p in smp.parts), smp.items)
+
+
+def _rng(key: str) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(key.encode()))
+
+
+def resampled_means(smp: Sample, resamples: int = RESAMPLES) -> np.ndarray:
+    """The sample's weighted mean over parts, under `resamples` hierarchical bootstrap draws:
+    the seeds are drawn with replacement, then each part's test items, once for all the drawn
+    seeds (every seed and method is scored on the same items). The draws depend only on the
+    number of seeds and on each part's name and size: two samples of the same shape are
+    resampled alike, so that a difference of their resampled means is a paired bootstrap."""
+    n_seeds = len(smp.seeds)
+    seed_draws = _rng(f"seeds/{n_seeds}").integers(0, n_seeds, size=(resamples, n_seeds))
+    counts = np.zeros((resamples, n_seeds))
+    np.add.at(counts, (np.arange(resamples)[:, None], seed_draws), 1.0)
+    counts /= n_seeds
+    total = np.zeros(resamples)
+    for part in smp.parts:
+        n = part.matrix.shape[1]
+        rng = _rng(f"items/{part.name}/{n}")
+        chunk = max(1, 2 ** 22 // n)  # at most 4M drawn indices at once (MMLU has 14k items)
+        for start in range(0, resamples, chunk):
+            stop = min(resamples, start + chunk)
+            by_seed = counts[start:stop] @ part.matrix  # each draw's seed-weighted item scores
+            drawn = rng.integers(0, n, size=(stop - start, n))
+            total[start:stop] += part.weight * np.take_along_axis(by_seed, drawn, 1).mean(1)
+    return total / sum(p.weight for p in smp.parts)
+
+
+def center(smp: Sample) -> float:
+    """The sample's mean as the bootstrap sees it (the mean of its item scores)."""
+    return sum(p.weight * float(p.matrix.mean()) for p in smp.parts) / \
+        sum(p.weight for p in smp.parts)
+
+
+@dataclass(frozen=True)
 class Stat:
     mean: float
-    std: float
+    std: float  # over seeds
     n: int  # seeds
-    seeds: Interval | None = None  # t-interval over seeds (n >= 2)
-    items: Interval | None = None  # bootstrap over test items (where runs kept their items)
+    ci: Interval | None = None  # 95% hierarchical bootstrap interval (None: nothing to resample)
+    se: float | None = None  # the bootstrap's standard error
+    shape: str = ""  # what was resampled: "3 seeds x 100 items", or "3 seeds" (seed level)
+
+    @property
+    def interval(self) -> Interval:
+        """The interval, or the point itself where there is none."""
+        return self.ci if self.ci is not None else (self.mean, self.mean)
 
     def text(self, signed: bool = False) -> str:
         return f"{self.mean:{'+' if signed else ''}.3f} ± {self.std:.3f}"
 
-    @property
-    def interval(self) -> Interval:
-        """The span of both intervals (either alone where the other is missing; the point
-        itself where neither is known): a difference counts only if it survives both."""
-        known = [i for i in (self.seeds, self.items) if i is not None]
-        if not known:
-            return self.mean, self.mean
-        return min(lo for lo, _ in known), max(hi for _, hi in known)
-
-    def interval_text(self, digits: int = 2) -> str:
-        if self.seeds is None and self.items is None:
+    def interval_text(self, digits: int = 2, signed: bool = False) -> str:
+        if self.ci is None:
             return "[no interval]"
-        lo, hi = self.interval
-        return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+        sign = "+" if signed else ""
+        return f"[{self.ci[0]:{sign}.{digits}f}, {self.ci[1]:{sign}.{digits}f}]"
+
+    @property
+    def detectable(self) -> float | None:
+        """The smallest difference this design finds with 80% power (alpha 0.05, two-sided)."""
+        return None if self.se is None else POWER_FACTOR * self.se
 
 
-def t_interval(values: list[float]) -> Interval | None:
-    if len(values) < 2:
+def bootstrap(smp: Sample, bounds: Interval | None = None) -> Stat:
+    """Mean over seeds of the recorded values, std over seeds, and the 95% percentile interval
+    of the hierarchical bootstrap, moved by the difference between the recorded mean and the
+    items' mean (a corpus-level metric such as chrF) and clipped to `bounds`."""
+    mean = float(smp.points.mean())
+    std = float(np.std(smp.points, ddof=1)) if len(smp.points) > 1 else 0.0
+    if not smp.replicated:
+        return Stat(mean, std, len(smp.seeds), shape=smp.shape)
+    boot = resampled_means(smp)
+    shift = mean - center(smp)
+    lo, hi = (float(x) + shift for x in np.percentile(boot, [100 * (1 - LEVEL) / 2,
+                                                                100 * (1 + LEVEL) / 2]))
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return Stat(mean, std, len(smp.seeds), (lo, hi), float(np.std(boot)), smp.shape)
+
+
+def difference(a: Sample, b: Sample) -> Sample | None:
+    """a - b, paired by seed and by test item, on the seeds both have (None if they share
+    none). Where either lacks per-item scores of a part, both are compared at seed level."""
+    seeds = tuple(s for s in a.seeds if s in b.seeds)
+    if not seeds:
         return None
-    t = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
-    half = t * statistics.stdev(values) / math.sqrt(len(values))
-    mean = statistics.fmean(values)
-    return mean - half, mean + half
+    a, b = restrict(a, seeds), restrict(b, seeds)
+    if [(p.name, p.matrix.shape) for p in a.parts] == [(p.name, p.matrix.shape) for p in b.parts]:
+        parts = tuple(Part(p.name, p.matrix - q.matrix, p.recorded - q.recorded, p.weight)
+                      for p, q in zip(a.parts, b.parts))
+        return Sample(seeds, a.points - b.points, parts, a.items)
+    if [p.name for p in a.parts] != [p.name for p in b.parts]:
+        raise ValueError(f"parts differ: {[p.name for p in a.parts]}, {[p.name for p in b.parts]}")
+    parts = tuple(Part(p.name, (p.recorded - q.recorded)[:, None], p.recorded - q.recorded,
+                       p.weight) for p, q in zip(a.parts, b.parts))
+    return Sample(seeds, a.points - b.points, parts, False)
 
 
-def seed_stats(values: list[tuple[int, float]], items: Interval | None = None) -> Stat:
-    """Mean, std and t-interval over seeds of (seed, value) pairs; values sharing a seed are
-    averaged first. `items` is the item bootstrap's interval, where known."""
+def decide(diff: Stat) -> str:
+    """"better" where the paired interval lies above 0, "worse" below, else "not
+    distinguishable" (also where there was nothing to resample)."""
+    if diff.ci is None:
+        return "not distinguishable"
+    if diff.ci[0] > TOLERANCE:
+        return "better"
+    if diff.ci[1] < -TOLERANCE:
+        return "worse"
+    return "not distinguishable"
+
+
+# --- the design plan: variance components of a paired difference ---------------------------
+
+
+@dataclass(frozen=True)
+class Components:
+    """Variance components of a per-seed, per-item difference (seeds crossed with items, one
+    score per cell): the seed's, the item's, and what is left (seed-by-item and noise)."""
+    seed: float
+    item: float
+    residual: float
+    seeds: int
+    items: int
+
+    def se(self, seeds: int, items: int) -> float:
+        return math.sqrt(self.seed / seeds + self.item / items + self.residual / (seeds * items))
+
+    def detectable(self, seeds: int, items: int) -> float:
+        return POWER_FACTOR * self.se(seeds, items)
+
+
+def components(matrix: np.ndarray) -> Components:
+    """Two-way random-effects ANOVA (expected mean squares) of a seeds x items matrix; a
+    negative estimate is set to 0. With one seed, the seed's share is unknown (0); with one
+    item (seed-level), the item's and the residual's are."""
+    m = np.asarray(matrix, dtype=float)
+    s, n = m.shape
+    grand = m.mean()
+    ms_seed = n * ((m.mean(1) - grand) ** 2).sum() / (s - 1) if s > 1 else 0.0
+    ms_item = s * ((m.mean(0) - grand) ** 2).sum() / (n - 1) if n > 1 else 0.0
+    if s > 1 and n > 1:
+        resid = m - m.mean(1, keepdims=True) - m.mean(0, keepdims=True) + grand
+        ms_res = (resid ** 2).sum() / ((s - 1) * (n - 1))
+    else:
+        ms_res = ms_item if s == 1 else 0.0  # one seed: item and residual cannot be told apart
+    if n == 1:
+        return Components(ms_seed, 0.0, 0.0, s, n)
+    if s == 1:  # counted as the item's: more seeds would not shrink it (the cautious side)
+        return Components(0.0, ms_res, 0.0, s, n)
+    return Components(max(0.0, (ms_seed - ms_res) / n), max(0.0, (ms_item - ms_res) / s),
+                      ms_res, s, n)
+
+
+# --- small summaries ------------------------------------------------------------------------
+
+
+def seed_stats(values: list[tuple[int, float]]) -> Stat:
+    """Mean and std over seeds of (seed, value) pairs (values sharing a seed averaged first);
+    no interval: for the report's mean ± std lines."""
     by_seed: dict[int, list[float]] = defaultdict(list)
     for seed, value in values:
         by_seed[seed].append(value)
     means = [statistics.fmean(v) for v in by_seed.values()]
     std = statistics.stdev(means) if len(means) > 1 else 0.0
-    return Stat(statistics.fmean(means), std, len(means), t_interval(means), items)
-
-
-def overlap(a: Interval, b: Interval) -> bool:
-    return a[0] <= b[1] + TOLERANCE and b[0] <= a[1] + TOLERANCE
-
-
-def resampled_means(values, name: str, resamples: int = RESAMPLES) -> np.ndarray:
-    """The means of `resamples` bootstrap resamples of `values`. The generator is seeded by
-    `name` and the number of items: the same name and size draw the same items."""
-    values = np.asarray(values, dtype=float)
-    n = len(values)
-    rng = np.random.default_rng(zlib.crc32(f"{name}/{n}".encode()))
-    out = np.empty(resamples)
-    chunk = max(1, 2 ** 22 // n)  # index arrays of at most 4M entries (MMLU has 14k items)
-    for start in range(0, resamples, chunk):
-        k = min(chunk, resamples - start)
-        out[start:start + k] = values[rng.integers(0, n, size=(k, n))].mean(axis=1)
-    return out
-
-
-def item_interval(parts: list[tuple[str, list[float]]], point: float | None = None
-                  ) -> Interval | None:
-    """95% percentile bootstrap interval of the mean over `parts` (benchmark name, per-item
-    values) of each part's item mean; each part is resampled on its own. Where `point` (the
-    recorded score) differs from the items' mean (a corpus-level metric such as chrF), the
-    interval is moved by the difference so that it stays around the recorded score."""
-    parts = [(name, v) for name, v in parts if v is not None and len(v)]
-    if not parts:
-        return None
-    boot = sum(resampled_means(v, name) for name, v in parts) / len(parts)
-    center = statistics.fmean(float(np.mean(v)) for _, v in parts)
-    shift = 0.0 if point is None else point - center
-    lo, hi = np.percentile(boot, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
-    return float(lo) + shift, float(hi) + shift
-
-
-def pooled(vectors: list[tuple[int, list[float]]]) -> list[float] | None:
-    """Per-item mean over seeds of (seed, per-item values) (vectors sharing a seed averaged
-    first), or None where the vectors are missing or of different lengths."""
-    if not vectors or any(v is None for _, v in vectors) or len({len(v) for _, v in vectors}) > 1:
-        return None
-    by_seed: dict[int, list] = defaultdict(list)
-    for seed, v in vectors:
-        by_seed[seed].append(np.asarray(v, dtype=float))
-    return list(np.mean([np.mean(vs, axis=0) for vs in by_seed.values()], axis=0))
+    return Stat(statistics.fmean(means), std, len(means))
 
 
 def pearson(xs: list[float], ys: list[float]) -> float | None:
