@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_config_search_path
@@ -207,7 +206,8 @@ def test_hub_id_and_revision_reach_from_pretrained(checkpoints, monkeypatch):
     for name in ("AutoConfig", "AutoModelForCausalLM"):
         monkeypatch.setattr(model_module, name, recorder(getattr(model_module, name)))
     # the tokenizer's class is named by the config (model.tokenizer_class), found in transformers
-    monkeypatch.setattr(transformers, "AutoTokenizer", recorder(transformers.AutoTokenizer))
+    lib = model_module.transformers
+    monkeypatch.setattr(lib, "AutoTokenizer", recorder(lib.AutoTokenizer))
     inspect_model(cfg)
     load_model(cfg)
     assert calls and all(c[1:] == ("Qwen/Qwen2.5-7B-Instruct", "abc123", False) for c in calls)
