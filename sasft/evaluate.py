@@ -358,3 +358,18 @@ def benchmark_prompts(benchmarks: dict[str, dict], eos: str, per_benchmark: int)
                     picked.append(str(leaves[name].doc_to_text(doc)))
         prompts += picked
     return prompts
+
+
+def missing_nltk_data() -> str | None:
+    """None if NLTK's punkt_tab is installed, else the one-line fix. lm-eval's IFEval checkers
+    need it and download it when imported, which fails on a node without internet."""
+    try:
+        import nltk
+    except ImportError:
+        return "IFEval's checkers need nltk: pip install -e '.[real]'"
+    try:
+        nltk.data.find("tokenizers/punkt_tab")
+    except LookupError:
+        return ("NLTK's punkt_tab data is not installed (IFEval needs it; a node without "
+                "internet cannot download it): python -m nltk.downloader punkt_tab")
+    return None
