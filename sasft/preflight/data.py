@@ -22,14 +22,14 @@ def _files(what: str, fields: dict[str, str]) -> Check | None:
     return None
 
 
-def _hub_dataset(what: str, repo: str, config: str | None, splits, revision) -> Check:
+def _hub_dataset(what: str, repo: str, config: str | None, splits, revision, local: str
+                 ) -> Check:
     problem, where = hub.dataset_problem(repo, config, splits, revision)
     name = repo + (f" ({config})" if config else "")
     if problem:
         return failed(what, f"dataset {name} {problem}",
                       f"on a machine with internet, into this same HF_HOME (storage the nodes "
-                      f"share): {hub.load_command(repo, config)}; or a local copy in the task's "
-                      "*_file fields")
+                      f"share): {hub.load_command(repo, config)}; or a local copy in {local}")
     return ok(what, f"dataset {name} {where}")
 
 
@@ -47,7 +47,8 @@ def check_task(cfg) -> Check:
         return failed(what, "neither task.hub_id nor task.train_file/test_file is set",
                       "set task.hub_id, or both local files")
     splits = [cfg[f"{s}_split"] for s in ("train", "test") if not cfg[f"{s}_file"]]
-    return _hub_dataset(what, cfg.hub_id, cfg.hub_config, splits, cfg.revision)
+    return _hub_dataset(what, cfg.hub_id, cfg.hub_config, splits, cfg.revision,
+                        "task.train_file and task.test_file")
 
 
 def check_corpus(cfg) -> Check | None:
@@ -62,4 +63,4 @@ def check_corpus(cfg) -> Check | None:
         return failed(what, "neither method.corpus_file nor method.corpus_hub_id is set",
                       "set one of them")
     return _hub_dataset(what, cfg.corpus_hub_id, cfg.get("corpus_hub_config"),
-                        [cfg.corpus_split], cfg.get("corpus_revision"))
+                        [cfg.corpus_split], cfg.get("corpus_revision"), "method.corpus_file")

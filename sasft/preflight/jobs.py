@@ -20,6 +20,7 @@ def compose(args: Namespace):
     hydra.main sets them up for run.py (hydra/_internal/utils.py::_run_hydra)."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
     search_path = create_automatic_config_search_path(
@@ -29,6 +30,7 @@ def compose(args: Namespace):
         if not os.path.isdir(config_dir):
             raise SasftError(f"config directory not found: {config_dir}")
         search_path.prepend(provider="command-line", path=f"file://{config_dir}")
+    GlobalHydra.instance().clear()  # a second composition in one process (tests) starts afresh
     hydra = Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
     config_name = args.config_name or "config"
     overrides = list(args.overrides)

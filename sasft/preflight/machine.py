@@ -68,7 +68,7 @@ def check_storage(what: str, path: str, fix_field: str, nodes: list[str] | None)
     """`path` writable; for SLURM (`nodes`: the partition's node names) also seen by every node,
     as far as that can be told here: a network filesystem is shared, a temporary directory is
     not, another local disk is shared only if this machine exports it."""
-    path = Path(path)
+    path = Path(path).absolute()
     problem = writable_problem(path)
     fix = f"{fix_field} at a directory you can write" + (", on storage every node mounts"
                                                           if nodes is not None else "")

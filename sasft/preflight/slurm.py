@@ -159,9 +159,11 @@ def check_gpus(launcher, needs_gpu: bool) -> Check:
                             f"partition {part.name}'s nodes have {has} (GRES)",
                       f"hydra.launcher.gpus_per_node={min(1, part.gpus_per_node) or 'null'}, "
                       "or a GPU partition (hydra.launcher.partition=...)")
-    if asked == 0 and needs_gpu:
-        return warn(what, "no GPU requested, so real models train on the CPU (days)",
-                    "hydra.launcher.gpus_per_node=1")
+    if asked == 0:
+        if needs_gpu:
+            return warn(what, "none requested, so real models train on the CPU (days)",
+                        "hydra.launcher.gpus_per_node=1")
+        return ok(what, "none requested; the toy and GGUF models run on the CPU")
     tasks = int(launcher.get("tasks_per_node") or 1)
     if asked > tasks:
         return warn(what, f"{asked} GPUs a job but {tasks} process: sasft trains on one device "
