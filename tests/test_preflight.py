@@ -143,7 +143,8 @@ def test_a_cached_hub_grid_passes_what_is_there_and_names_what_is_missing(tmp_pa
     # eval=general on the command line: the sweep's master config has the default toy model,
     # and Hydra composes it with every override that is not swept (run.py -m alike).
     proc = preflight("-m", "model=qwen0.5b,llama1b", "task=gsm8k,medtext", "method=task_only",
-                     "eval=general", "~eval.general.mmlu", "~eval.general.agieval", "~eval.general.ifeval",
+                     "eval=general", "~eval.general.mmlu", "~eval.general.agieval",
+                     "~eval.general.ifeval",
                      f"cache_dir={tmp_path / 'c'}", cwd=tmp_path,
                      env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -278,7 +279,7 @@ def test_the_gpu_request_is_compared_with_the_partition(cluster_of):
     too_many = slurm.check_gpus(launcher(partition="gpu", gpus_per_node=16), True)
     assert too_many.failed and "at most 8" in too_many.detail
     none_there = slurm.check_gpus(launcher(gpus_per_node=1), True)
-    assert none_there.failed and "debug's nodes have no" in none_there.detail
+    assert none_there.failed and "debug's nodes have no GPUs" in none_there.detail
     assert slurm.check_gpus(launcher(partition="gpu"), True).status == "warn"  # real model, CPU
     assert slurm.check_gpus(launcher(), False).status == "ok"  # the toy model on the CPU
 

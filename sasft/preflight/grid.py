@@ -17,6 +17,7 @@ from ..schema import check as check_fields
 from .benchmarks import check_benchmark
 from .check import Check, failed, ok, one_line
 from .data import check_corpus, check_task
+from .hub import hf_home
 from .jobs import is_multirun
 from .machine import check_local_gpus, check_nltk, check_storage, check_wandb
 from .models import check_model
@@ -76,6 +77,15 @@ def _config_problem(cfg: DictConfig) -> str | None:
     return None
 
 
+def _uses_hub(cfg: DictConfig) -> bool:
+    """Whether the job reads the HF cache: a hub model, a hub dataset, an lm-eval benchmark."""
+    model, task, method = cfg.model, cfg.task, cfg.method
+    return bool((not model.path and model.get("gguf") is None)
+                or (task.get("hub_id") and not (task.train_file and task.get("test_file")))
+                or (method.get("corpus_hub_id") and not method.get("corpus_file"))
+                or any(benchmark_spec(s)["lm_eval_task"] for s in cfg.eval.general.values()))
+
+
 def _slurm_nodes(launcher) -> list[str]:
     try:
         return slurm.node_names(slurm.chosen_partition(launcher))
@@ -83,12 +93,13 @@ def _slurm_nodes(launcher) -> list[str]:
         return []  # unknown: storage is then judged by its filesystem alone
 
 
-def check_grid(jobs: list[tuple[list[str], DictConfig | Exception]], master: DictConfig) -> list[Check]:
+def check_grid(jobs: list[tuple[list[str], DictConfig | Exception]], master: DictConfig
+               ) -> list[Check]:
     """The checks of every job of a composed command line (sasft/preflight/jobs.py)."""
     launcher = master.hydra.launcher
     on_slurm = is_multirun(master) and slurm.is_slurm(launcher)
     nodes = _slurm_nodes(launcher) if on_slurm else None
-    checks, bad_configs, needs_gpu, needs_nltk = Checks(), {}, False, False
+    checks, bad_configs, needs_gpu, needs_nltk, uses_hub = Checks(), {}, False, False, False
     with _quiet():
         for overrides, cfg in jobs:
             if isinstance(cfg, Exception):  # the job does not compose: nothing else to check
@@ -116,12 +127,16 @@ def check_grid(jobs: list[tuple[list[str], DictConfig | Exception]], master: Dic
                                               "point cache_dir (or SASFT_CACHE)", nodes))
             checks.once(WANDB, _plain(cfg.wandb), "W&B", lambda: check_wandb(cfg.wandb))
             needs_gpu |= cfg.model.world == "real" and cfg.model.get("gguf") is None
+            uses_hub |= _uses_hub(cfg)
         if needs_nltk:
             checks.once(NLTK, "nltk", "NLTK data", check_nltk)
         if on_slurm:
             sweep_dir = master.hydra.sweep.dir
             checks.once(STORAGE, ["sweep", sweep_dir], "sweep dir", lambda: check_storage(
                 "sweep dir", sweep_dir, "point hydra.sweep.dir", nodes))
+            if uses_hub:  # the jobs read the models and datasets the login node put there
+                checks.once(STORAGE, "hf", "HF cache", lambda: check_storage(
+                    "HF cache", hf_home(), "point HF_HOME", nodes))
             checks.once(CLUSTER, "partition", "SLURM partition",
                         lambda: slurm.check_partition(launcher))
             checks.once(CLUSTER, "account", "SLURM account", lambda: slurm.check_account(launcher))

@@ -21,6 +21,12 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def hf_home() -> str:
+    from huggingface_hub import constants
+
+    return constants.HF_HOME
+
+
 def hub_cache() -> str:
     from huggingface_hub import constants
 

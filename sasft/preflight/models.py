@@ -29,10 +29,12 @@ def _local(cfg, what: str) -> Check:
     path = Path(cfg.path)
     if cfg.get("toy") is not None and not (path / "config.json").is_file():
         return warn(what, f"toy checkpoint not built yet at {path}: the first job builds it "
-                          "(minutes)", f"build it once now: python -m sasft.toy.build model={cfg.name}")
+                          "(minutes)",
+                    f"build it once now: python -m sasft.toy.build model={cfg.name}")
     if not path.is_dir():
         return failed(what, f"model.path does not exist: {path}",
-                      "point model.path at a checkpoint directory (config.json, weights, tokenizer)")
+                      "point model.path at a checkpoint directory (config.json, weights, "
+                      "tokenizer)")
     if not (path / "config.json").is_file():
         return failed(what, f"model.path has no config.json, so it is not a model: {path}",
                       "point model.path at a checkpoint directory")

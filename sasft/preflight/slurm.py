@@ -96,8 +96,8 @@ def chosen_partition(launcher) -> Partition:
                               f"{', '.join(parts)})")
         return default[0]
     if name not in parts:
-        raise LookupError(f"partition {name!r} does not exist (partitions: "
-                          f"{', '.join(p.name + ('*' if p.default else '') for p in parts.values())})")
+        names = ", ".join(p.name + ("*" if p.default else "") for p in parts.values())
+        raise LookupError(f"partition {name!r} does not exist (partitions: {names})")
     return parts[name]
 
 
@@ -131,7 +131,10 @@ def check_account(launcher) -> Check:
     if account is None:
         return ok(what, f"none set: jobs are charged to your default account (yours: "
                         f"{', '.join(mine) or 'none listed'})")
-    if mine and account not in mine:
+    if not mine:
+        return warn(what, f"sacctmgr lists no accounts for {user}, so {account!r} is not "
+                          "confirmed")
+    if account not in mine:
         return failed(what, f"{user} has no account {account!r} (yours: {', '.join(mine)})",
                       "set hydra.launcher.account to one of yours")
     return ok(what, f"{account}")
@@ -152,11 +155,12 @@ def check_gpus(launcher, needs_gpu: bool) -> Check:
     try:
         part = chosen_partition(launcher)
     except (SlurmUnavailable, LookupError) as e:
-        return failed(what, f"cannot compare the request ({asked} a job) with the partition: {e}")
+        return failed(what, f"cannot compare the request ({asked} GPUs a job) with the "
+                            f"partition: {e}")
     if asked > part.gpus_per_node:
         has = f"at most {part.gpus_per_node}" if part.gpus_per_node else "no"
         return failed(what, f"each job asks for {asked} GPU{'s' if asked > 1 else ''}, but "
-                            f"partition {part.name}'s nodes have {has} (GRES)",
+                            f"partition {part.name}'s nodes have {has} GPUs (GRES)",
                       f"hydra.launcher.gpus_per_node={min(1, part.gpus_per_node) or 'null'}, "
                       "or a GPU partition (hydra.launcher.partition=...)")
     if asked == 0:
