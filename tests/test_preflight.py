@@ -284,6 +284,18 @@ def test_the_gpu_request_is_compared_with_the_partition(cluster_of):
     assert slurm.check_gpus(launcher(), False).status == "ok"  # the toy model on the CPU
 
 
+@pytest.mark.parametrize("overrides, added", [
+    (["hydra/launcher=slurm"], True), (["hydra/launcher=slurm_local"], True),
+    (["hydra/launcher=slurm", "~hydra.callbacks.preflight"], False), ([], False)])
+def test_the_slurm_launchers_add_the_preflight_callback(overrides, added):
+    from hydra._internal.utils import get_args_parser
+
+    _, master = compose(get_args_parser().parse_args(["-m", *overrides]))
+    callbacks = OmegaConf.to_container(master.hydra.callbacks)
+    want = {"preflight": {"_target_": "sasft.preflight.callback.Preflight"}} if added else {}
+    assert callbacks == want
+
+
 @pytest.mark.slurm
 @pytest.mark.timeout(300)
 def test_a_sweep_that_would_fail_is_not_submitted(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from ..config import SasftError
 from . import __doc__ as USAGE
 from .check import failed, one_line
 
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         print(failed("config", one_line(e)).line())
         print("preflight: the command line does not compose; nothing else was checked")
         sys.exit(1)
-    checks, text = run(loader, master)
+    try:
+        checks, text = run(loader, master)
+    except SasftError as e:  # a sweep this command cannot expand
+        print(failed("config", str(e)).line())
+        sys.exit(1)
     print(text)
     sys.exit(1 if any(c.failed for c in checks) else 0)
