@@ -161,7 +161,7 @@ def _metric_key(spec: dict) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _task_manager(include: tuple[str, ...] = ()):
+def task_manager(include: tuple[str, ...] = ()):
     """lm-eval's task index (a scan of its task YAMLs, seconds), with the folders of tasks a
     config ships (a benchmark's `lm_eval_include`): built once per process and set of folders,
     not at every in-domain evaluation during training."""
@@ -170,7 +170,7 @@ def _task_manager(include: tuple[str, ...] = ()):
     return TaskManager(include_path=list(include) or None)
 
 
-def _includes(benchmarks: dict[str, dict]) -> tuple[str, ...]:
+def included_task_dirs(benchmarks: dict[str, dict]) -> tuple[str, ...]:
     paths = {str(p) for spec in benchmarks.values() for p in benchmark_spec(spec)["lm_eval_include"]}
     return tuple(sorted(p for p in paths if Path(p).is_dir()))
 
@@ -193,7 +193,7 @@ def build_tasks(benchmarks: dict[str, dict], eos: str) -> tuple[list, dict[str, 
     simple_evaluate takes one num_fewshot for all tasks, and a config dict naming a registered
     task is not merged with the registered config; setting it on the built tasks is what
     simple_evaluate itself does, and it keeps values already set.)"""
-    manager = _task_manager(_includes(benchmarks))
+    manager = task_manager(included_task_dirs(benchmarks))
     objects, result_names = [], {}
     for name, spec in benchmarks.items():
         spec = benchmark_spec(spec)
@@ -271,7 +271,7 @@ def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, 
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=objects,
-        task_manager=_task_manager(_includes(benchmarks)),
+        task_manager=task_manager(included_task_dirs(benchmarks)),
         limit=cfg.limit,
         apply_chat_template=True,
         fewshot_as_multiturn=True,  # few-shot examples as earlier chat turns

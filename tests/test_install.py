@@ -51,3 +51,38 @@ def test_a_non_editable_install_trains_from_another_directory(tmp_path):
     assert recorded["run"]["method"] == "sasft" and recorded["mix"]["auxiliary"] == 12
     # The toy model and data came from the installed package, not the checkout.
     assert recorded["config"]["model"]["path"].startswith(str(target))
+
+
+def test_the_smol_extra_brings_what_eval_smol_imports():
+    """eval=smol scores with lm-eval's IFEval checkers (sasft/smol/lm_eval_tasks): every
+    third-party module they import comes with `pip install -e ".[smol]"`, from the extra's own
+    requirements, the package's, or theirs (a fresh environment then has them: .ci/run)."""
+    import ast
+    import tomllib
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    direct = [Requirement(r) for r in project["optional-dependencies"]["smol"]
+              + project["dependencies"]]
+    brought = {canonicalize_name(r.name) for r in direct}
+    for req in direct:  # one level down: each requirement's own, and those of its extras
+        for dep in map(Requirement, metadata.requires(req.name) or []):
+            if not dep.marker or any(dep.marker.evaluate({"extra": e}) for e in req.extras):
+                brought.add(canonicalize_name(dep.name))
+
+    checkers = Path(find_spec("lm_eval.tasks.ifeval").submodule_search_locations[0])
+    modules = set()
+    for source in checkers.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules.add(node.module.split(".")[0])
+    providers = metadata.packages_distributions()
+    needed = {canonicalize_name(providers[m][0]) for m in modules - set(sys.stdlib_module_names)}
+    assert {"langdetect", "immutabledict", "nltk"} <= needed  # what the checkers are known to use
+    assert needed <= brought, f"not brought by the smol extra: {sorted(needed - brought)}"

@@ -483,9 +483,9 @@ def test_general_benchmarks_come_from_lm_evals_registry():
     specs, kinds = benchmarks_of(cfg, Task([], dict(cfg.task.benchmark)))
     assert kinds == {"gsm8k": "in_domain", "mmlu": "general", "ifeval": "general",
                      "agieval": "general", "arc_challenge": "general"}
-    from sasft.evaluate import _task_manager
+    from sasft.evaluate import task_manager
 
-    registry = _task_manager()
+    registry = task_manager()
     for name, spec in specs.items():
         if name != "gsm8k":
             assert spec["lm_eval_task"] in registry.all_tasks

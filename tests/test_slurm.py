@@ -147,6 +147,9 @@ def test_a_sweep_runs_on_slurm_and_a_relaunch_redoes_only_what_is_missing(cluste
 
     runs = run_dirs(sweep_dir)
     assert set(runs) == {"task_only", "sasft"}
+    # The launcher's preflight checked the grid once before submitting (sasft/preflight/).
+    launch_log = sweep_dir.with_name(sweep_dir.name + ".launch.log").read_text()
+    assert launch_log.count("checks for 2 jobs") == 1 and "all passed" in launch_log
     results = {m: json.loads((d / RESULTS_FILE).read_text()) for m, d in runs.items()}
     for method, r in results.items():
         assert r["run"]["method"] == method and r["scores"] and r["summary"]

