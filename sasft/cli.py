@@ -13,14 +13,13 @@ import logging
 import os
 import shutil
 import signal
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from . import dist, record, wandb
-from .errors import SasftError
+from .errors import SasftError, refuse
 from .paths import CONF_MODULE
 from .pipeline import run_experiment
 from .rundir import check_identity, identity, owned
@@ -108,8 +107,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except SasftError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        refuse(e)
 
 
 def entry() -> None:

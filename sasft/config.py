@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, SasftError, refuse
 from .paths import CONF_MODULE, PACKAGE_DIR
 from .rundir import run_path
 from .schema import check, register
@@ -17,6 +17,13 @@ register()
 
 
 def _run_path(*, _root_) -> str:
+    # Hydra creates the run's directory right after naming it here, before the app runs: a
+    # config that cannot run is refused now, so it leaves no directory, W&B run or cache entry.
+    # Raised, the error would reach Hydra's handler, which prints a traceback.
+    try:  # without `hydra`, whose run.dir is this very resolver
+        validate(OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"]))
+    except SasftError as e:
+        refuse(e)
     return run_path(_root_)
 
 
