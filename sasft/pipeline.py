@@ -110,7 +110,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     # 1. Everything that can be checked without weights, before anything expensive.
     validate(cfg)
     method = instantiate(cfg.method)
-    task = load_task(cfg.task)
+    task = load_task(cfg.task, Path(cfg.cache_dir) / "tasks")
     benchmarks, kinds = benchmarks_of(cfg, task)
     for spec in benchmarks.values():
         if spec["file"]:
