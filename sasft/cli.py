@@ -18,12 +18,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import dist, record, wandb
+from . import config, record  # noqa: F401  (config: the resolvers that check and name a run)
 from .errors import SasftError, refuse
 from .paths import CONF_MODULE
-from .pipeline import run_experiment
 from .rundir import check_identity, identity, owned
-from .train import last_checkpoint
 
 log = logging.getLogger("sasft")
 
@@ -67,6 +65,12 @@ def claim(run_dir: Path, cfg: DictConfig, stack: ExitStack) -> dict | None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float | None:
+    # The training stack (torch, transformers) is imported only by a command that passed the
+    # checks (`config`): a refused one answers in seconds.
+    from . import dist, wandb
+    from .pipeline import run_experiment
+    from .train import last_checkpoint
+
     dist.init()
     with ExitStack() as stack:
         done = dist.on_main(claim, run_dir, cfg, stack)
