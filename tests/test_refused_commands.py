@@ -58,6 +58,9 @@ CASES = {
                           "train.epochs must be an integer in [1, 2147483647], got 99999999999"),
     "eval_seed_negative": ("eval.seed=-5", "eval.seed must be an integer in [0, 4294967295]"),
     "oversample_overflow": ("generation.oversample=1e308", "generation.oversample must be a finite"),
+    # Checked against the model's shape, after Hydra made the directory, which is then removed.
+    "frozen_layers_beyond_the_model": ("method=freeze method.trainable_layers=5",
+                                       "has only 4 layers"),
     "target_the_file_lacks": (
         "task=mine",
         "{test}:1: no field 'answer' (what task.benchmark.target scores against)"),
