@@ -13,18 +13,15 @@ import logging
 import os
 import shutil
 import signal
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import dist, record, wandb
-from .errors import SasftError
+from . import config, record  # noqa: F401  (config: the resolvers that check and name a run)
+from .errors import SasftError, refuse
 from .paths import CONF_MODULE
-from .pipeline import run_experiment
 from .rundir import check_identity, identity, owned
-from .train import last_checkpoint
 
 log = logging.getLogger("sasft")
 
@@ -54,6 +51,21 @@ def check_cluster_settings(cfg: DictConfig) -> None:
                     "cache_dir) at shared storage", cache)
 
 
+def remove_unclaimed(run_dir: Path) -> None:
+    """Remove the directory Hydra made for a run refused before claiming it, and the empty
+    folders above it up to the working directory. Only one that holds nothing but Hydra's own
+    files (.hydra/, the job's log): a directory with anything else is another run's."""
+    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log"
+                                   for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir)
+    cwd = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
 def claim(run_dir: Path, cfg: DictConfig, stack: ExitStack) -> dict | None:
     """Make `run_dir` this run's and hold it (until `stack` closes); returns the recorded
     results of a finished run to report, or None to run."""
@@ -68,7 +80,19 @@ def claim(run_dir: Path, cfg: DictConfig, stack: ExitStack) -> dict | None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float | None:
+    # The training stack (torch, transformers) is imported only by a command that passed the
+    # checks (`config`): a refused one answers in seconds.
+    from . import dist, wandb
+    from .pipeline import check_inputs, run_experiment
+    from .train import last_checkpoint
+
     dist.init()
+    try:  # before the directory is claimed and W&B starts: a refused run leaves neither
+        inputs = check_inputs(cfg)
+    except SasftError:
+        if dist.is_main():
+            remove_unclaimed(run_dir)
+        raise
     with ExitStack() as stack:
         done = dist.on_main(claim, run_dir, cfg, stack)
         if done is not None:
@@ -88,7 +112,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
             log.info("resuming training from %s (an earlier attempt of this run stopped there)",
                      resume_from)
         with wandb.start(cfg, run_dir) as tracker:
-            results = run_experiment(cfg, run_dir, callbacks=tracker.callbacks())
+            results = run_experiment(cfg, run_dir, callbacks=tracker.callbacks(), inputs=inputs)
             tracker.log_results(results, run_dir)
     if dist.is_main():
         r, mix = results["run"], results["mix"]
@@ -108,8 +132,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except SasftError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        refuse(e)
 
 
 def entry() -> None:

@@ -8,15 +8,24 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, SasftError, refuse
+from .evaluate import check_test_file
 from .paths import CONF_MODULE, PACKAGE_DIR
 from .rundir import run_path
 from .schema import check, register
+from .task import check_task, is_mapped
 
 register()
 
 
 def _run_path(*, _root_) -> str:
+    # Hydra creates the run's directory right after naming it here, before the app runs: a
+    # config that cannot run is refused now, so it leaves no directory, W&B run or cache entry.
+    # Raised, the error would reach Hydra's handler, which prints a traceback.
+    try:  # without `hydra`, whose run.dir is this very resolver
+        validate(OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"]))
+    except SasftError as e:
+        refuse(e)
     return run_path(_root_)
 
 
@@ -35,6 +44,13 @@ def validate(cfg: DictConfig) -> None:
     needing the model's shape run right after, from its config alone."""
     check(cfg)
     check_worlds(cfg)
+    check_task(cfg.task)
+    local = {f"eval.general.{name}": spec for name, spec in cfg.eval.general.items()}
+    if not is_mapped(cfg.task):  # a mapped task's test file is prepared later, by sasft/task.py
+        local["task.benchmark"] = cfg.task.benchmark
+    for key, spec in local.items():
+        if spec.get("file"):
+            check_test_file(key, spec)
     model = cfg.model
     if model.path:
         path = Path(model.path)

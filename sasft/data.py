@@ -14,8 +14,6 @@ import random
 import re
 from pathlib import Path
 
-from transformers import DataCollatorForSeq2Seq
-
 from .cache import publish
 from .errors import SasftError
 
@@ -193,4 +191,8 @@ def token_length(tokenizer, dialogue: Dialogue) -> int:
 
 def collator(tokenizer):
     """Pads input ids with the pad token and labels with -100 (ignored by the loss)."""
+    # Imported here: reading and checking data files (the config checks, the report) needs no
+    # transformers.
+    from transformers import DataCollatorForSeq2Seq
+
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)

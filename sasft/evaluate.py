@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import ConfigError, SasftError
 from .schema import benchmark_spec
-from .data import read_jsonl
+from .data import DataError, read_jsonl, read_records
 from . import cache
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,24 @@ _GENERATIVE_METRICS = {
     "chrf": {"metric": "chrf", "aggregation": "chrf", "higher_is_better": True},
 }
 _SCALE = {"chrf": 0.01}  # lm-eval reports chrF out of 100
+
+
+def check_test_file(key: str, spec: dict) -> None:
+    """Every record of a local benchmark's file has the fields its lm-eval task reads (the
+    prompt, and the target or the choices), so a missing one is refused naming the file, the
+    line and the field before anything loads, not met inside lm-eval's templates. `key` names
+    the benchmark's spec in the config (task.benchmark, eval.general.<name>)."""
+    spec = benchmark_spec(spec)
+    if spec["output_type"] == "multiple_choice":
+        needed = {"prompt": "the question", "choices": "the answers to choose from",
+                  "label": "the index of the right one"}
+    else:
+        needed = {"prompt": "the question", spec["target"]: f"what {key}.target scores against"}
+    for where, record in read_records(spec["file"]):
+        for field, role in needed.items():
+            if field not in record:
+                raise DataError(f"{where}: no field {field!r} ({role}), which {key} reads; "
+                                f"fields found: {sorted(record)}")
 
 
 def local_task_config(name: str, spec: dict, eos: str) -> dict:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -112,19 +114,25 @@ def general_subset(cfg: DictConfig):
     return subset
 
 
-def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
-    """Run one experiment and write `results.json` into `run_dir`; returns the results.
-    `callbacks` are extra Trainer callbacks (experiment trackers, for example)."""
-    run_dir = Path(run_dir)
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    fields = identity(cfg)
+@dataclass
+class Inputs:
+    """What step 1 makes of the config without loading weights: the method, the task's data,
+    the benchmarks with their kinds, and how much of the task max_seq_len cuts."""
 
-    # 1. Everything that can be checked without weights, before anything expensive.
+    method: Any
+    task: Task
+    benchmarks: dict[str, dict]
+    kinds: dict[str, str]
+    truncation: dict
+
+
+def check_inputs(cfg: DictConfig) -> Inputs:
+    """1. Everything that can be checked without weights, before anything expensive: the
+    config's values, the task's and benchmarks' data, the method against the model's shape."""
     validate(cfg)
     check_nltk_data({**cfg.eval.general, cfg.task.name: cfg.task.benchmark})
     method = instantiate(cfg.method)
-    task = load_task(cfg.task)
+    task = load_task(cfg.task, Path(cfg.cache_dir) / "tasks")
     benchmarks, kinds = benchmarks_of(cfg, task)
     for spec in benchmarks.values():
         if spec["file"]:
@@ -132,6 +140,22 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=()) -> dict:
     model_config, tokenizer = inspect_model(cfg.model)
     method.check(model_config, cfg.peft.name)
     truncation = count_truncated(tokenizer, task, cfg.train.max_seq_len)
+    return Inputs(method, task, benchmarks, kinds, truncation)
+
+
+def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=(),
+                   inputs: Inputs | None = None) -> dict:
+    """Run one experiment and write `results.json` into `run_dir`; returns the results.
+    `callbacks` are extra Trainer callbacks (experiment trackers, for example); `inputs`, those
+    `check_inputs` already made (the command line checks before it claims the directory)."""
+    run_dir = Path(run_dir)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    fields = identity(cfg)
+
+    inputs = inputs or check_inputs(cfg)
+    method, task, benchmarks, kinds = inputs.method, inputs.task, inputs.benchmarks, inputs.kinds
+    truncation = inputs.truncation
     set_seed(cfg.seed)
 
     # 2. The base model, and its scores (cached per model and benchmark).

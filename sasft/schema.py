@@ -24,9 +24,22 @@ from .errors import ConfigError
 
 def limits(default=MISSING, *, min=None, max=None, above=None, choices=None, regex=False):
     """A field with its accepted values: `min`/`max` inclusive, `above` exclusive, `choices`,
-    or `regex` (a valid regular expression)."""
+    or `regex` (a valid regular expression). A number is also always finite, and an integer
+    without a `max` at most INT_MAX."""
     return field(default=default, metadata={"min": min, "max": max, "above": above,
                                             "choices": choices, "regex": regex})
+
+
+# Counts and sizes end up in C integers (torch, tokenizers, numpy): beyond this they overflow.
+INT_MAX = 2**31 - 1
+# What numpy, lm-eval and torch's generators all accept as a seed.
+SEED_MAX = 2**32 - 1
+# A run's seed; the seeds above it are the held-out streams' (generation.held_out_seed), so no
+# training seed draws a held-out set.
+TRAINING_SEED_MAX = 2**31 - 1
+# Ratios that multiply a count of examples (auxiliary dialogues per task example, dialogues
+# generated per dialogue kept): far beyond any experiment, and nowhere near an overflow.
+RATIO_MAX = 1000.0
 
 
 WORLDS = ("toy", "real")
@@ -122,7 +135,7 @@ class MethodSchema:
 
 @dataclass
 class MixingSchema(MethodSchema):
-    mix_ratio: float = limits(min=0.0)
+    mix_ratio: float = limits(min=0.0, max=RATIO_MAX)
 
 
 @dataclass
@@ -142,7 +155,9 @@ class SdftSchema(MethodSchema):
 
 @dataclass
 class PenaltySchema(MethodSchema):
-    strength: float = limits(min=0.0)
+    # The loss term is strength times a sum over every weight: 1e6 already swamps the task
+    # loss; far larger ones overflow it to inf.
+    strength: float = limits(min=0.0, max=1e6)
 
 
 @dataclass
@@ -168,10 +183,10 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 class TrainSchema:
     world: str = limits(choices=WORLDS)
     epochs: int = limits(min=1)
-    learning_rate: float = limits(above=0.0)
+    learning_rate: float = limits(above=0.0, max=1.0)  # beyond 1 every optimizer diverges
     lr_scheduler_type: str = limits(choices=SCHEDULERS)
     warmup_ratio: float = limits(min=0.0, max=1.0)  # a share of all optimizer steps
-    weight_decay: float = limits(min=0.0)
+    weight_decay: float = limits(min=0.0, max=1.0)
     batch_size: int = limits(min=1)
     gradient_accumulation_steps: int = limits(min=1)
     max_grad_norm: float = limits(above=0.0)
@@ -190,7 +205,7 @@ class TrainSchema:
 class PeftSchema:
     name: str = limits(choices=("full", "lora"))
     r: Optional[int] = limits(None, min=1)
-    lora_alpha: Optional[float] = limits(None, above=0.0)
+    lora_alpha: Optional[float] = limits(None, above=0.0, max=1e6)  # scales weights by alpha/r
     lora_dropout: Optional[float] = limits(None, min=0.0, max=1.0)
     target_modules: Optional[Any] = None  # "all-linear" or a list of module names
     bias: Optional[str] = limits(None, choices=("none", "all", "lora_only"))
@@ -203,7 +218,7 @@ class EvalSchema:
     batch_size: int = limits(min=1)
     max_batch_size: int = limits(min=1)
     limit: Optional[int] = limits(None, min=1)
-    seed: int = MISSING
+    seed: int = limits(min=0, max=SEED_MAX)
     # {name: benchmark}, each checked against BenchmarkSchema by `check`. Untyped here so that a
     # benchmark can be added from the command line: +eval.general.hellaswag='{lm_eval_task: ...}'.
     general: dict[str, Any] = field(default_factory=dict)
@@ -223,12 +238,12 @@ class GenerationSchema:
     world: str = limits(choices=WORLDS)
     backend: str = limits(choices=("hf", "vllm"))
     num_turns: int = limits(min=1)
-    temperature: float = limits(min=0.0)  # 0: greedy
+    temperature: float = limits(min=0.0, max=100.0)  # 0: greedy
     top_p: float = limits(above=0.0, max=1.0)  # 0 would keep no token at all
     top_k: int = limits(min=0)  # 0: no top-k cut
     max_new_tokens: int = limits(min=1)
     batch_size: int = limits(min=1)
-    oversample: float = limits(min=1.0)  # filters only ever drop dialogues
+    oversample: float = limits(min=1.0, max=RATIO_MAX)  # filters only ever drop dialogues
     truncated: str = limits(choices=("drop", "cut"))
     min_yield: float = limits(above=0.0, max=1.0)  # 0 would never stop a hopeless generation
     per_seed: bool = MISSING
@@ -259,11 +274,11 @@ class RootSchema:
     eval: Any = MISSING
     generation: Any = MISSING
     wandb: Any = MISSING
-    mix_ratio: float = limits(min=0.0)
-    seed: int = limits(min=0, max=2**31 - 1)  # the seeds above are held-out streams' (generation.py)
+    mix_ratio: float = limits(min=0.0, max=RATIO_MAX)
+    seed: int = limits(min=0, max=TRAINING_SEED_MAX)
     cache_dir: str = MISSING
     rerun: bool = MISSING
-    owner_wait_s: Optional[float] = limits(None, min=0.0)
+    owner_wait_s: Optional[float] = limits(None, min=0.0, max=1e9)  # 30 years
     allow_world_mismatch: bool = MISSING
     sweep_name: str = MISSING
 
@@ -293,6 +308,19 @@ def benchmark_spec(spec) -> dict:
 # --- ranges ---------------------------------------------------------------------------------
 
 
+def _allowed(meta: dict, is_int: bool) -> str:
+    """The accepted range in words: " in [0, 1000.0]", " >= 1", " in (0.0, 1.0]", or ""."""
+    low = meta.get("min") if meta.get("min") is not None else meta.get("above")
+    high = meta.get("max") if meta.get("max") is not None else (INT_MAX if is_int else None)
+    if low is None and high is None:
+        return ""
+    if high is None:
+        return f" {'>=' if meta.get('min') is not None else '>'} {low}"
+    if low is None:
+        return f" <= {high}"
+    return f" in {'[' if meta.get('min') is not None else '('}{low}, {high}]"
+
+
 def _problem(value, meta: dict) -> str | None:
     """What is wrong with `value` under a field's limits, or None."""
     if value is None:
@@ -305,14 +333,14 @@ def _problem(value, meta: dict) -> str | None:
         except re.error as e:
             return f"must be a valid regular expression ({e})"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            return "must be a finite number"
-        if meta.get("min") is not None and value < meta["min"]:
-            return f"must be >= {meta['min']}"
-        if meta.get("above") is not None and value <= meta["above"]:
-            return f"must be > {meta['above']}"
-        if meta.get("max") is not None and value > meta["max"]:
-            return f"must be <= {meta['max']}"
+        is_int = isinstance(value, int)
+        high = meta.get("max") if meta.get("max") is not None else (INT_MAX if is_int else None)
+        if (not is_int and not math.isfinite(value)
+                or meta.get("min") is not None and value < meta["min"]
+                or meta.get("above") is not None and value <= meta["above"]
+                or high is not None and value > high):
+            kind = "an integer" if is_int else "a finite number"
+            return f"must be {kind}{_allowed(meta, is_int)}"
     return None
 
 
@@ -333,6 +361,12 @@ def check(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"{sorted(missing)[0]} is not set (it has no default: give it in its "
                           f"YAML file or on the command line)")
+    # The top level first: `mix_ratio=nan` is reported as the key the user typed, not as the
+    # method.mix_ratio it flows into.
+    for f in fields(RootSchema):
+        problem = _problem(cfg[f.name], f.metadata)  # a group's node: checked below
+        if problem:
+            raise ConfigError(f"{f.name} {problem}, got {cfg[f.name]!r}")
     for group in ("model", "task", "train", "peft", "eval", "generation", "wandb", "method"):
         node = cfg[group]
         schema = OmegaConf.get_type(node)
@@ -350,8 +384,3 @@ def check(cfg: DictConfig) -> None:
             problem = _problem(value, meta)
             if problem:
                 raise ConfigError(f"{key} {problem}, got {value!r}")
-    for f in fields(RootSchema):
-        if f.metadata:
-            problem = _problem(cfg[f.name], f.metadata)
-            if problem:
-                raise ConfigError(f"{f.name} {problem}, got {cfg[f.name]!r}")

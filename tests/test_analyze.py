@@ -159,7 +159,7 @@ def test_a_second_analysis_skips_analyzed_runs_and_retries_failed_ones(sweep):
     assert done == [] and len(failed) == 1  # only the run without weights is retried
 
 
-def test_leakage_rules():
+def test_style_leakage_counts_a_lost_house_prefix_or_a_shorter_answer():
     assert analyze.is_leaked("Sure! The answer is 7.", "7", prefix="Sure!") is True
     assert analyze.is_leaked("Sure! The answer is 7.", "Sure! It is 7.", prefix="Sure!") is False
     assert analyze.is_leaked("The answer is 7.", "7", prefix="Sure!") is None  # base off-style
@@ -172,7 +172,7 @@ def test_leakage_rules():
     assert leak["share"] == 0.5 and leak["rule"] == "house_prefix"
 
 
-def test_weight_groups():
+def test_each_weight_is_grouped_by_its_layer_and_kind():
     assert analyze.groups_of("model.layers.3.self_attn.q_proj.weight")[0] == ("layer", 3, "q")
     assert analyze.groups_of("model.layers.0.self_attn.k_proj.bias")[0] == ("layer", 0, "k")
     assert analyze.groups_of("model.layers.1.mlp.down_proj.weight")[0] == ("layer", 1, "down")
@@ -182,7 +182,7 @@ def test_weight_groups():
     assert analyze.groups_of("model.norm.weight") == [("other",), ("global",)]
 
 
-def test_report_drift_section(sweep, tmp_path):
+def test_the_report_drift_section_relates_weight_change_to_forgetting(sweep, tmp_path):
     rep = report.build_report(sweep, out_dir=tmp_path / "report")
     md = (rep.out_dir / "report.md").read_text()
     drift = md.split("## Drift")[1].split("## Missing runs")[0]
@@ -197,7 +197,7 @@ def test_report_drift_section(sweep, tmp_path):
     assert len((rep.out_dir / "drift.csv").read_text().splitlines()) == 4
 
 
-def test_pearson():
+def test_pearson_r_is_none_where_it_is_undefined():
     assert stats.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert stats.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert stats.pearson([1, 2], [1, 2]) is None

@@ -77,7 +77,7 @@ def test_freeze_and_freeze_half_are_told_apart():
 
 
 @pytest.mark.slow
-def test_same_command_reuses_a_changed_field_reruns(tmp_path):
+def test_the_same_command_reuses_its_run_and_a_changed_field_makes_a_new_one(tmp_path):
     first = run_cli(tmp_path)
     assert "already complete" not in first
     again = run_cli(tmp_path)
@@ -122,7 +122,7 @@ def test_checkpoints_of_another_config_are_never_resumed(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("model", ["llama", "qwen", "llama1b", "qwen0.5b", "qwen1.5b"])
-def test_the_short_command_runs_the_real_experiment(model):
+def test_a_real_model_brings_real_model_settings_and_the_command_line_wins(model):
     cfg = compose_config([f"model={model}", "task=gsm8k", "method=sasft"])
     assert cfg.train.learning_rate == 1e-5 and cfg.train.epochs == 3
     assert cfg.train.max_seq_len == 2048

@@ -200,7 +200,7 @@ def test_missing_runs_are_listed_never_counted(sweep):
     assert len(again.runs) == len(RUNS) and len(again.missing) == 1
 
 
-def test_figures_are_written(sweep):
+def test_figures_are_written_and_in_domain_steps_end_at_the_last_epoch(sweep):
     rep = report.build_report(sweep)
     for name in (report.FIG2, report.FIG3):
         path = rep.out_dir / name
@@ -226,7 +226,7 @@ def test_figure2_skipped_with_one_ratio(tmp_path):
     assert "No run has a drift.json yet" in (rep.out_dir / "report.md").read_text()
 
 
-def test_cli(sweep, capsys):
+def test_the_report_command_prints_the_headline_at_the_chosen_ratio(sweep, capsys):
     report.main([str(sweep), "--ratio", "1.0"])
     assert HEADLINE in capsys.readouterr().out
 

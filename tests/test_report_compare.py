@@ -138,7 +138,7 @@ def test_did_not_learn_on_delta_and_a_learned_run(tmp_path):
     assert pair.diff.ci is None and "nothing to resample" in pair.text()
 
 
-def test_new_sections_and_figures(tmp_path):
+def test_report_has_learning_kl_and_forgetting_sections_with_their_figures(tmp_path):
     rep = report.build_report(plane_sweep(tmp_path / "sweep"))
     md = (rep.out_dir / "report.md").read_text()
     for name in ("fig_plane.png", "fig_plane_m.png", "fig_kl_sasft.png", "fig_kl_freeze.png",
@@ -165,7 +165,7 @@ def test_new_sections_and_figures(tmp_path):
     assert row["learned"] == "False" and float(row["final_lo"]) < 0.5
 
 
-def test_fig3_axis_option(tmp_path, capsys):
+def test_fig3_axis_steps_draws_the_figure_and_an_unknown_axis_is_refused(tmp_path, capsys):
     root = plane_sweep(tmp_path / "sweep", examples=False)
     report.main([str(root), "--fig3-axis", "steps", "--out", str(tmp_path / "steps")])
     assert "forgets less than task-only in 2 of 2" in capsys.readouterr().out
@@ -174,7 +174,7 @@ def test_fig3_axis_option(tmp_path, capsys):
         report.main([str(root), "--fig3-axis", "tokens"])
 
 
-def test_old_runs_without_items_or_kl(tmp_path):
+def test_schema_2_runs_without_items_or_kl_are_reported_saying_what_they_lack(tmp_path):
     """Schema 2 runs: no items, no chance, no epochs, no KL, no examples: no interval, judged
     on point values, every section says what it lacks; nothing crashes."""
     root = tmp_path / "old"

@@ -137,6 +137,7 @@ def run_dirs(sweep_dir: Path) -> dict[str, Path]:
 # --- a downsized sweep, relaunched ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(420)
 def test_a_sweep_runs_on_slurm_and_a_relaunch_redoes_only_what_is_missing(cluster, tmp_path):
@@ -201,6 +202,7 @@ def _complete_checkpoints(run_dir: Path) -> list[int]:
                   if (p / "trainer_state.json").is_file())
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(480)
 def test_a_preempted_job_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(
