@@ -73,6 +73,19 @@ def test_identical_methods_with_noisy_seeds_are_not_distinguishable(tmp_path, sp
     assert "could not have been seen with 3 seeds x 200 items" in pair.text()
 
 
+def test_methods_that_agree_on_every_item_claim_no_power(tmp_path):
+    """The same answers at every seed (both forgot everything, say): the difference is 0 with
+    no spread, which says nothing of what the design could detect, so no detectable difference
+    (0.00 would read as perfect power) is printed."""
+    for seed in range(3):
+        t = vector(0.9, seed, salt=1)
+        run(tmp_path, "task_only", seed, t, [0.0] * N)
+        run(tmp_path, "sasft", seed, t, [0.0] * N)
+    pair = verdicts(tmp_path)[("g", "sasft", "task_only")]
+    assert pair.verdict == "not distinguishable" and pair.diff.detectable is None
+    assert "no spread to judge power by" in pair.text() and "below" not in pair.text()
+
+
 def test_a_noisy_method_gains_no_tie_from_its_noise(tmp_path):
     """The seeds scatter ext_mix (0.2, 0.5, 0.8 on g); task_only has its answers and 10% more
     items right at every seed: the wide interval of the noisy cell overlaps task_only's (the

@@ -122,7 +122,9 @@ class Pair:
         d = self.diff
         shown = f"{d.mean:+.3f} {d.interval_text(2, True)}"
         if d.detectable is None:
-            return f"{self.verdict}: {shown}, {self.note or 'nothing to resample'}"
+            why = ("the same difference at every seed and item: no spread to judge power by"
+                   if d.se == 0 else "nothing to resample")
+            return f"{self.verdict}: {shown}, {self.note or why}"
         power = (f"a difference below {d.detectable:.2f} could not have been seen with {d.shape}"
                  if self.verdict == "not distinguishable" else
                  f"detectable {d.detectable:.2f} with {d.shape}")

@@ -150,8 +150,10 @@ class Stat:
 
     @property
     def detectable(self) -> float | None:
-        """The smallest difference this design finds with 80% power (alpha 0.05, two-sided)."""
-        return None if self.se is None else POWER_FACTOR * self.se
+        """The smallest difference this design finds with 80% power (alpha 0.05, two-sided);
+        None without resampling, or where every resample agrees (no spread: nothing to judge
+        the design's power by, not a power to detect any difference)."""
+        return None if not self.se else POWER_FACTOR * self.se
 
 
 def bootstrap(smp: Sample, bounds: Interval | None = None) -> Stat:
