@@ -93,9 +93,20 @@ def tiny_model(family: str, tokenizer):
                   max_position_embeddings=2048, tie_word_embeddings=True,
                   bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                   torch_dtype="bfloat16")
-    if family == "llama3":
-        return LlamaForCausalLM(LlamaConfig(**common))
-    return Qwen2ForCausalLM(Qwen2Config(**common))
+    model = (LlamaForCausalLM(LlamaConfig(**common)) if family == "llama3"
+             else Qwen2ForCausalLM(Qwen2Config(**common)))
+    # Random weights sample uniformly over the vocabulary and never end a turn, so every
+    # self-dialogue would hit the token limit. One embedding dimension held at a constant
+    # carries through the residual stream to the (tied) output head, where the end-of-turn
+    # token's larger value there gives it a logit above the rest: turns of a few dozen tokens.
+    with torch.no_grad():
+        embed = model.get_input_embeddings().weight
+        embed[:, 0] = 1.0
+        embed[tokenizer.eos_token_id, 0] = 1.0 + EOS_MARGIN
+    return model
+
+
+EOS_MARGIN = 0.2
 
 
 def put_model(hub: Path, repo_id: str, tmp: Path) -> Path:
@@ -174,10 +185,14 @@ def put_dataset(hf_home: Path, repo_id: str,
         # a hash of its data files.
         builder.repo_id, builder.config_id = repo_id, config
         builder._cache_dir = builder._build_cache_dir()
-        builder.download_and_prepare(download_config=DownloadConfig(local_files_only=True))
+        # Rebuilt on every call: a second call with other rows must not keep the first ones.
+        builder.download_and_prepare(download_config=DownloadConfig(local_files_only=True),
+                                     download_mode="force_redownload")
 
 
 # --- the grid's datasets, a few rows each, in each repo's layout and schema -------------------
+# The right choice varies from item to item: a random model that prefers one letter scores
+# neither 0 nor 1.
 # Layouts and fields as each hub repo has them (its file tree and README's dataset_info); the
 # split arithmetic of conf/task/*.yaml ("train[:-200]", "train[500:]") needs the row counts the
 # tasks hold out and a few more.
@@ -188,7 +203,7 @@ GSM8K = [{"question": f"Tom has {n} apples and buys 2 more. How many apples does
 # arc_challenge is 25-shot from the train split: at least 25 rows besides the question.
 ARC = [{"id": f"Mercury_{i}", "question": f"Which of these is a planet? ({i})",
         "choices": {"text": ["Mars", "Moon", "Sun", "Comet"], "label": ["A", "B", "C", "D"]},
-        "answerKey": "A"} for i in range(30)]
+        "answerKey": "ABCD"[i % 4]} for i in range(30)]
 IFEVAL = [{"key": 1000 + i, "prompt": f"Write {i + 2} sentences about the sea, all lowercase.",
            "instruction_id_list": ["length_constraints:number_sentences",
                                    "change_case:english_lowercase"],
@@ -230,7 +245,7 @@ def mmlu_subjects() -> list[str]:
 def mmlu_rows(subject: str, n: int) -> list[dict]:
     return [{"question": f"In {subject.replace('_', ' ')}, which option is first? ({i})",
              "subject": subject, "choices": ["first", "second", "third", "fourth"],
-             "answer": 0} for i in range(n)]
+             "answer": i % 4} for i in range(n)]
 
 
 # lm-eval's agieval group (lm_eval/tasks/agieval/agieval.yaml): one hails/agieval-<name> repo
@@ -249,7 +264,7 @@ def agieval_rows(task: str) -> list[dict]:
                 for i in range(2)]
     return [{"query": f"Q: Which letter comes first? ({i}) Answer Choices: (A)a (B)b (C)c (D)d "
                       "A: Among A through D, the answer is",
-             "choices": ["(A)a", "(B)b", "(C)c", "(D)d"], "gold": [0]} for i in range(2)]
+             "choices": ["(A)a", "(B)b", "(C)c", "(D)d"], "gold": [i % 4]} for i in range(2)]
 
 
 def put_grid_datasets(hf_home: Path) -> None:
