@@ -191,8 +191,8 @@ def put_dataset(hf_home: Path, repo_id: str,
 
 
 # --- the grid's datasets, a few rows each, in each repo's layout and schema -------------------
-# The right choice varies from item to item: a random model that prefers one letter scores
-# neither 0 nor 1.
+# The right choice varies from item to item and subject to subject, all four letters among
+# the first items: a random model that prefers one letter scores neither 0 nor 1.
 # Layouts and fields as each hub repo has them (its file tree and README's dataset_info); the
 # split arithmetic of conf/task/*.yaml ("train[:-200]", "train[500:]") needs the row counts the
 # tasks hold out and a few more.
@@ -203,7 +203,7 @@ GSM8K = [{"question": f"Tom has {n} apples and buys 2 more. How many apples does
 # arc_challenge is 25-shot from the train split: at least 25 rows besides the question.
 ARC = [{"id": f"Mercury_{i}", "question": f"Which of these is a planet? ({i})",
         "choices": {"text": ["Mars", "Moon", "Sun", "Comet"], "label": ["A", "B", "C", "D"]},
-        "answerKey": "ABCD"[i % 4]} for i in range(30)]
+        "answerKey": "CBAD"[i % 4]} for i in range(30)]
 IFEVAL = [{"key": 1000 + i, "prompt": f"Write {i + 2} sentences about the sea, all lowercase.",
            "instruction_id_list": ["length_constraints:number_sentences",
                                    "change_case:english_lowercase"],
@@ -245,7 +245,7 @@ def mmlu_subjects() -> list[str]:
 def mmlu_rows(subject: str, n: int) -> list[dict]:
     return [{"question": f"In {subject.replace('_', ' ')}, which option is first? ({i})",
              "subject": subject, "choices": ["first", "second", "third", "fourth"],
-             "answer": i % 4} for i in range(n)]
+             "answer": (i + len(subject)) % 4} for i in range(n)]
 
 
 # lm-eval's agieval group (lm_eval/tasks/agieval/agieval.yaml): one hails/agieval-<name> repo
@@ -264,7 +264,8 @@ def agieval_rows(task: str) -> list[dict]:
                 for i in range(2)]
     return [{"query": f"Q: Which letter comes first? ({i}) Answer Choices: (A)a (B)b (C)c (D)d "
                       "A: Among A through D, the answer is",
-             "choices": ["(A)a", "(B)b", "(C)c", "(D)d"], "gold": [i % 4]} for i in range(2)]
+             "choices": ["(A)a", "(B)b", "(C)c", "(D)d"], "gold": [(i + len(task)) % 4]}
+            for i in range(2)]
 
 
 def put_grid_datasets(hf_home: Path) -> None:
