@@ -276,7 +276,11 @@ def _result(out: dict, spec: dict, top: str, leaves: dict, key: str) -> dict:
     if any(i["score"] is None for i in items):
         items = None
     score = float(out["results"][top][key]) * _SCALE.get(metric, 1.0)
-    return {"score": score, "chance": chance, "items": items}
+    # The few-shot count lm-eval used, as evidence in results.json (one value for a group's
+    # tasks, as build_tasks sets it).
+    shots = sorted({out["n-shot"].get(leaf) for leaf in leaves} - {None})
+    return {"score": score, "chance": chance, "items": items,
+            "num_fewshot": shots[0] if len(shots) == 1 else shots or None}
 
 
 def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, dict]:

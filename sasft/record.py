@@ -10,7 +10,8 @@ mix_ratio):
                  "identity" (hash of the identity, in the run directory's name),
                  "variant" (hash of the identity without the seed)},
       "scores": {"<benchmark>": {"base", "final", "delta", "kind": "in_domain" | "general",
-                                 "chance" (guessing's score, or null where unknown)}},
+                                 "chance" (guessing's score, or null where unknown),
+                                 "num_fewshot" (the few-shot count lm-eval used)}},
       "items":  {"<benchmark>": {"base": [score per test item], "final": [...]}},  # same items,
                 # in test order: paired bootstrap intervals (null where the metric has no
                 # per-item score, chrF)
@@ -61,7 +62,7 @@ def score_table(base: dict[str, dict], final: dict[str, dict], kinds: dict[str, 
     return {
         name: {"base": base[name]["score"], "final": final[name]["score"],
                "delta": final[name]["score"] - base[name]["score"], "kind": kinds[name],
-               "chance": base[name]["chance"]}
+               "chance": base[name]["chance"], "num_fewshot": final[name].get("num_fewshot")}
         for name in kinds
     }
 

@@ -212,3 +212,19 @@ def test_fig3_ends_at_the_final_score_without_periodic_evaluations(tmp_path):
     points = {(r["method"], int(r["step"])): (float(r["epoch"]), float(r["mean"])) for r in rows}
     assert points == {("task_only", 0): (0.0, 0.1), ("task_only", 25): (1.0, 0.6),
                       ("sasft", 0): (0.0, 0.1), ("sasft", 20): (2.0, 0.4)}
+
+
+def test_runs_that_forgot_nothing_and_a_corpus_metric_are_named_as_such(tmp_path):
+    """Schema 3 runs whose in-domain test is scored by chrF (no per-item scores) and which
+    forgot no item (an empty forgetting_examples.jsonl, as the rehearsal's runs write): the
+    report names those causes, not runs from before schema 3."""
+    root = tmp_path / "new"
+    for method, final in (("task_only", 0.9), ("sasft", 0.8)):
+        run_dir = write_run(root, method, 1.0, 0, {"t": final, "g1": 0.5},
+                            base={"t": 0.1, "g1": 0.5},
+                            items={"g1": {"base": ones(5, 10), "final": ones(5, 10)}})
+        (run_dir / "forgetting_examples.jsonl").write_text("")
+    md = (report.build_report(root).out_dir / "report.md").read_text()
+    assert "2 runs kept no per-item scores for the in-domain test (a corpus metric such as chrF" in md
+    assert "answered wrong after fine-tuning, in any run" in md
+    assert "runs before results.json schema 3)." not in md

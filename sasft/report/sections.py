@@ -53,8 +53,9 @@ def not_learned_lines(learned: list[Learning], judged: list[Verdict]) -> list[st
              "and left out of that task's general comparisons. "
              f"{len(short)} of {len(judged)} runs, judged alone, fell short."]
     if no_items:
-        lines[0] += (f" {no_items} runs kept no per-item scores (written before results.json "
-                     "schema 3): a run alone is judged on its point values.")
+        lines[0] += (f" {no_items} runs kept no per-item scores for the in-domain test (a corpus "
+                     "metric such as chrF has none; runs before results.json schema 3 kept none): "
+                     "a run alone is judged on its point values.")
     rows = [[l.model, l.task, l.method, l.final.n, f"{l.final.mean - l.delta.mean:.3f}",
              f"{l.final.mean:.3f} {l.final.interval_text(3)}",
              f"{l.delta.mean:+.3f} {l.delta.interval_text(3, True)}",
@@ -171,6 +172,9 @@ def example_lines(runs: list[Run], ratio: float | None) -> list[str]:
             mine = cells.setdefault((bench, run.label), [])
             if kind != "in_domain" and len(mine) < EXAMPLES_PER_CELL:
                 mine.append((run, row))
+    if not cells and any((r.dir / EXAMPLES_FILE).is_file() for r in chosen):
+        return ["No general test item that the base model answered right was answered wrong "
+                f"after fine-tuning, in any run ({EXAMPLES_FILE} files are empty)."]
     if not cells:
         return [f"No run wrote {EXAMPLES_FILE} (runs before results.json schema 3)."]
     lines = [f"Per general benchmark and method, up to {EXAMPLES_PER_CELL} test items the base "
