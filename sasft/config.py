@@ -6,6 +6,7 @@ from __future__ import annotations
 from importlib.util import find_spec
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, SasftError, refuse
@@ -27,6 +28,18 @@ def _run_path(*, _root_) -> str:
     except SasftError as e:
         refuse(e)
     return run_path(_root_)
+
+
+class CheckSweepValues(Callback):
+    """`-m`: the values every job shares (those not swept) checked for range and type before
+    Hydra writes the sweep's directory, so a mistyped value leaves nothing behind; a bad swept
+    value is refused by its own job, before that job's directory exists (`_run_path`)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            check(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+        except SasftError as e:
+            refuse(e)
 
 
 # `${sasft_pkg:...}`: a path inside the installed package (the toy world's data and

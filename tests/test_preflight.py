@@ -296,6 +296,7 @@ def test_the_slurm_launchers_add_the_preflight_callback(overrides, added):
 
     _, master = compose(get_args_parser().parse_args(["-m", *overrides]))
     callbacks = OmegaConf.to_container(master.hydra.callbacks)
+    assert callbacks.pop("check_sweep_values") == {"_target_": "sasft.config.CheckSweepValues"}
     want = {"preflight": {"_target_": "sasft.preflight.callback.Preflight"}} if added else {}
     assert callbacks == want
 

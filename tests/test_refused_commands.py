@@ -65,6 +65,9 @@ CASES = {
         "task=mine",
         "{test}:1: no field 'answer' (what task.benchmark.target scores against)"),
     "key_the_form_ignores": ("task=mine", "task.benchmark.file is set, but task mine ignores it"),
+    # A sweep (-m): a value its jobs share is refused before Hydra writes the sweep's directory.
+    "sweep_with_a_shared_wrong_value": ("-m method=task_only,sasft seed=-1",
+                                        "seed must be an integer in [0, 2147483647], got -1"),
 }
 YAMLS = {
     "target_the_file_lacks": "train_file: {train}\nbenchmark:\n  file: {test}\n  target: answer\n",
