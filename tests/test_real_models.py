@@ -224,6 +224,9 @@ def test_missing_local_path_fails_before_any_work(tmp_path, monkeypatch):
 def test_model_without_chat_template_fails_before_any_work(tmp_path, monkeypatch):
     path = save_tiny(tmp_path / "base_model", "llama", chat_template=False)
     monkeypatch.setattr(pipeline, "load_model", lambda *a: pytest.fail("loaded the weights"))
+    # IFEval's NLTK data is checked first (tests/test_bad_input.py); here it is taken as there
+    from sasft import evaluate
+    monkeypatch.setattr(evaluate, "missing_nltk_data", lambda: None)
     cfg = compose_config(["model=llama", f"model.path={path}"])
     with open_dict(cfg):
         cfg.cache_dir = str(tmp_path / "cache")
