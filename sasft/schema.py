@@ -153,6 +153,7 @@ class EwcSchema(PenaltySchema):
 @dataclass
 class ExternalMixSchema(MixingSchema):
     corpus_file: Optional[str] = None
+    corpus_loader: Optional[str] = None
     corpus_hub_id: Optional[str] = None
     corpus_hub_config: Optional[str] = None
     corpus_split: str = "train"
