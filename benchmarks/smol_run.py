@@ -15,7 +15,8 @@ outside the timings. Stages:
   generate  `generate_self_dialogues` at each setting's generation config (sampling: the two
             draw other dialogues; their lengths and truncation share are printed)
   train     `sasft.train.train` from a fresh copy of the base model on the task examples plus
-            that setting's self-dialogues (mix_ratio 1), at each setting's train config
+            that setting's self-dialogues (mix_ratio 1; none without the generate stage), at
+            each setting's train config
 Extra arguments are config overrides, as for run.py (default model=smol task=smol_gsm).
 """
 
@@ -114,13 +115,13 @@ def main() -> None:
             if "eval" in args.stages:
                 evals[name] = timed("eval", lambda: evaluate_items(model, tokenizer, benchmarks,
                                                                    cfg.eval))
-            if "generate" in args.stages or "train" in args.stages:
+            if "generate" in args.stages:
                 dialogues[name], stats = timed("generate", lambda: generate_self_dialogues(
                     model, tokenizer, args.dialogues, cfg.generation, args.seed))
                 dialogues[name + "_stats"] = stats
             if "train" in args.stages:
                 fresh, _ = load_model(cfg.model)
-                mix = build_mix(task.train, dialogues[name], seed=args.seed)
+                mix = build_mix(task.train, dialogues.get(name, []), seed=args.seed)
                 with tempfile.TemporaryDirectory() as out:
                     timed("train", lambda: train(fresh, tokenizer, mix, cfg.train, Path(out),
                                                  args.seed))
