@@ -93,10 +93,12 @@ def main() -> None:
     print(f"eval: {len(benchmarks)} benchmarks, limit {args.limit}; generate: {args.dialogues} "
           f"dialogues; train: {len(task.train)} task examples + the dialogues")
 
-    warm = cfgs["new"].eval.copy()
-    _set(warm, {"limit": 1})
-    evaluate_items(model, tokenizer, benchmarks, warm)
-    generate_self_dialogues(model, tokenizer, 2, cfgs["new"].generation, args.seed)
+    if "eval" in args.stages:
+        warm = cfgs["new"].eval.copy()
+        _set(warm, {"limit": 1})
+        evaluate_items(model, tokenizer, benchmarks, warm)
+    if "generate" in args.stages:
+        generate_self_dialogues(model, tokenizer, 2, cfgs["new"].generation, args.seed)
 
     times: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
