@@ -23,6 +23,7 @@ from sasft.config import compose_config
 from sasft.evaluate import evaluate
 from sasft.model import load_model
 from sasft.pipeline import benchmarks_of
+from sasft.task import load_task
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
 
     cfg = compose_config(args.overrides)
     model, tokenizer = load_model(cfg.model)
-    benchmarks, _ = benchmarks_of(cfg)
+    benchmarks, _ = benchmarks_of(cfg, load_task(cfg.task))
     rows = []
     for size in args.batch_sizes:
         with open_dict(cfg.eval):

@@ -317,7 +317,10 @@ def run_benchmarks(lm, benchmarks: dict[str, dict], cfg, eos: str) -> dict[str, 
 
 def evaluate_items(model, tokenizer, benchmarks: dict[str, dict], cfg) -> dict[str, dict]:
     """Score `model` on each benchmark, keeping each item (see `run_benchmarks`)."""
-    from lm_eval.models.huggingface import HFLM
+    if cfg.drop_finished:
+        from .eval_lm import ShrinkingBatchHFLM as HFLM
+    else:
+        from lm_eval.models.huggingface import HFLM
 
     lm = HFLM(
         pretrained=model,

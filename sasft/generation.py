@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from . import cache
 from .errors import SasftError
 from .data import Dialogue, read_jsonl, write_jsonl
+from .decode import decode, picker
 
 log = logging.getLogger(__name__)
 
@@ -109,17 +110,22 @@ def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = 
     # longer key at every step, a batch that shrinks as the filters drop dialogues. On an H100,
     # 64 steps of a 0.5B model took 6.3 s on new shapes against 1.9 s without it.
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-        out = model.generate(
-            **batch,
-            do_sample=sampling,
-            temperature=cfg.temperature if sampling else None,
-            top_p=cfg.top_p if sampling else None,
-            top_k=cfg.top_k if sampling else None,
-            max_new_tokens=cfg.max_new_tokens,
-            eos_token_id=stop,
-            pad_token_id=tokenizer.pad_token_id,
-            use_cache=True,  # whatever the checkpoint's config says: each step runs the new token only
-        )
+        if cfg.get("drop_finished", True):  # each row leaves the batch when its turn ends
+            out = decode(model, batch["input_ids"], batch["attention_mask"], cfg.max_new_tokens,
+                         stop, tokenizer.pad_token_id,
+                         picker(cfg.temperature, cfg.top_p, cfg.top_k) if sampling else None)
+        else:
+            out = model.generate(
+                **batch,
+                do_sample=sampling,
+                temperature=cfg.temperature if sampling else None,
+                top_p=cfg.top_p if sampling else None,
+                top_k=cfg.top_k if sampling else None,
+                max_new_tokens=cfg.max_new_tokens,
+                eos_token_id=stop,
+                pad_token_id=tokenizer.pad_token_id,
+                use_cache=True,  # whatever the checkpoint's config says: each step runs the new token only
+            )
     texts: list[str | None] = []
     generated = 0
     for row in out[:, batch["input_ids"].shape[1]:].tolist():
@@ -228,6 +234,7 @@ def generate_batch(sample: Sampler, tokenizer, size: int, cfg
                     if text is None:
                         dialogues[i] = None
                         continue
+                    text = Truncated(text)  # cut: marked, so that what is trained on is counted
                     drops["cut"] += 1
                 if not text:
                     drops["empty"] += 1
@@ -318,7 +325,33 @@ def generate_self_dialogues(model, tokenizer, count: int, cfg, seed: int,
     stats["kept"] = len(kept)
     if stats["turns"]:
         stats["truncation_rate"] = round(stats["truncated"] / stats["turns"], 4)
-    return kept, dict(stats)
+    fresh = kept[start_kept:]  # resumed dialogues were read back from disk, unmarked
+    lengths = {f"{role}_turns": turn_stats(tokenizer, fresh, role, cfg.max_new_tokens)
+               for role in ("user", "assistant")}
+    return ([[{"role": m["role"], "content": str(m["content"])} for m in d] for d in kept],
+            dict(stats) | lengths)
+
+
+def _quantiles(values: list[int]) -> dict:
+    values = sorted(values)
+    at = {"q10": 0.1, "q25": 0.25, "median": 0.5, "q75": 0.75, "q90": 0.9}
+    return {k: values[min(len(values) - 1, round(q * (len(values) - 1)))] for k, q in at.items()} \
+        | {"max": values[-1], "mean": round(sum(values) / len(values), 1)}
+
+
+def turn_stats(tokenizer, dialogues: list[Dialogue], role: str, limit: int) -> dict | None:
+    """The `role` turns of the dialogues kept, as trained on: how many, the share cut at their
+    last sentence after reaching `limit` tokens, and their lengths in tokens; and the lengths as
+    the model wrote them (a cut turn counts `limit`: at least that long), the base model's own
+    answer lengths where few are cut."""
+    turns = [m["content"] for d in dialogues for m in d if m["role"] == role]
+    if not turns:
+        return None
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in turns]
+    cut = [isinstance(t, Truncated) for t in turns]
+    return {"turns": len(turns), "cut_share": round(sum(cut) / len(turns), 4),
+            "tokens": _quantiles(lengths),
+            "tokens_written": _quantiles([limit if c else n for n, c in zip(lengths, cut)])}
 
 
 def held_out_seed(stream: str) -> int:

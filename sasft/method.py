@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from . import cache, dist
+from .corpora import load_corpus
 from .errors import ConfigError
 from .data import DataError, Dialogue, check_record, read_records, to_dialogue
 from .generation import cached_self_dialogues, complete, held_out_seed
@@ -121,23 +122,28 @@ class Freeze(Method):
 class ExternalMix(Method):
     """Task data plus dialogues drawn from an external chat corpus (UltraChat, or the toy
     world's stand-in): data the model never saw, in a style not its own. The corpus is a local
-    JSONL or Parquet file (or a glob of shards) in the chat schema, or a hub dataset
+    JSONL or Parquet file (or a glob of shards) in the chat schema; or one a Python package
+    ships (`corpus_loader`, "module:function", sasft/corpora.py); or a hub dataset
     (`corpus_hub_id`, e.g. HuggingFaceH4/ultrachat_200k, split train_sft, whose rows hold a
-    `messages` list); a local file wins when both are set."""
+    `messages` list). The first of them that is set wins."""
 
     def __init__(self, mix_ratio: float, corpus_file: str | None = None,
                  corpus_hub_id: str | None = None, corpus_hub_config: str | None = None,
                  corpus_split: str = "train", corpus_revision: str | None = None,
-                 name: str = "ext_mix"):
-        if not corpus_file and not corpus_hub_id:
-            raise ConfigError("ext_mix needs method.corpus_file or method.corpus_hub_id")
+                 corpus_loader: str | None = None, name: str = "ext_mix"):
+        if not corpus_file and not corpus_loader and not corpus_hub_id:
+            raise ConfigError(f"{name} needs method.corpus_file, method.corpus_loader or "
+                              "method.corpus_hub_id")
         self.name, self.mix_ratio, self.corpus_file = name, mix_ratio, corpus_file
-        self.hub = None if corpus_file else (corpus_hub_id, corpus_hub_config, corpus_split,
-                                             corpus_revision)
+        self.loader = None if corpus_file else corpus_loader
+        self.hub = None if corpus_file or corpus_loader else (
+            corpus_hub_id, corpus_hub_config, corpus_split, corpus_revision)
         self._corpus = None
 
     @property
     def source(self) -> str:
+        if self.loader:
+            return self.loader
         if self.hub is None:
             return str(self.corpus_file)
         hub_id, config, split, revision = self.hub
@@ -147,6 +153,12 @@ class ExternalMix(Method):
     def _load(self):
         """The corpus as a list of records (local) or a datasets.Dataset (hub: memory-mapped
         Arrow, so 200k dialogues cost no RAM until picked)."""
+        if self.loader:
+            records = [(f"{self.loader}: record {i}", r)
+                       for i, r in enumerate(load_corpus(self.loader))]
+            for where, record in records:
+                check_record(record, where)
+            return [record for _, record in records]
         if self.hub is None:
             records = read_records(self.corpus_file)
             for where, record in records:

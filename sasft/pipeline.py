@@ -221,7 +221,11 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, callbacks=(),
         "scores": scores,
         "summary": record.summarize(scores),
         "mix": {"task": len(task.train), "auxiliary": len(auxiliary), "auxiliary_stats": aux_stats,
-                "task_truncated": truncation, "base_scores_computed": computed},
+                "task_truncated": truncation,
+                # Auxiliary dialogues longer than train.max_seq_len: trained on their start only.
+                "auxiliary_truncated": sum(token_length(tokenizer, d) > cfg.train.max_seq_len
+                                           for d in auxiliary),
+                "base_scores_computed": computed},
         "items": record.item_scores(base, final),
         "history": [{"step": 0, "epoch": 0.0, "eval_in_domain": base[cfg.task.name]["score"],
                      **({"eval_kl_self": 0.0, "eval_kl_prompts": 0.0} if probe else {}),

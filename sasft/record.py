@@ -17,8 +17,10 @@ mix_ratio):
                 # per-item score, chrF)
       "summary": {"in_domain_base", "in_domain_final", "in_domain_delta",
                   "general_base", "general_final", "general_delta"},   # general: mean over skills
-      "mix":    {"task": n, "auxiliary": n, "auxiliary_stats": {...},
-                 "task_truncated": {"examples", "cut", "longest"}},   # by train.max_seq_len
+      "mix":    {"task": n, "auxiliary": n, "auxiliary_stats": {...},  # sasft: per role, turns
+                 # cut and tokens as trained and as written (sasft/generation.py, turn_stats)
+                 "task_truncated": {"examples", "cut", "longest"},   # by train.max_seq_len
+                 "auxiliary_truncated": n},                          # likewise
       "history": [...],   # the Trainer's log history: loss (and a method's penalty), learning
                           # rate; at each periodic evaluation eval_in_domain and, when measured,
                           # eval_kl_self / eval_kl_prompts (sasft/kl.py); step 0 is the base

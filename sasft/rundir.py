@@ -48,12 +48,12 @@ NOT_IDENTITY = (
     "mix_ratio",            # flows into method.mix_ratio for the methods that mix data
     "wandb",                # where the run is logged
     "train.logging_steps", "train.save_steps", "train.save_model",  # what is logged or kept
-    "eval.batch_size", "eval.max_batch_size",  # throughput only
+    "eval.batch_size", "eval.max_batch_size", "eval.drop_finished",  # throughput only
     "eval.examples",        # how many forgotten items a run keeps to show
     # Throughput and inspection only. The self-dialogue cache is keyed without them too, so a
     # run finds the same dialogues whatever its batch size or backend (sasft/generation.py).
     "generation.batch_size", "generation.backend", "generation.sample_size",
-    "generation.vllm_gpu_memory_utilization",
+    "generation.vllm_gpu_memory_utilization", "generation.drop_finished",
     "generation.min_yield",  # only decides when a generation gives up with an error
 )
 HASH_LENGTH = 8

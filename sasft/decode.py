@@ -1,0 +1,77 @@
+"""Batched decoding that drops the rows that have finished.
+
+transformers' `generate` computes every row of a batch until the last one stops: a row that
+ended at its first token keeps paying for a full forward pass at every step while the batch's
+longest answer runs to its limit. On a CPU, where a batch is compute-bound, that is most of an
+evaluation's or a self-dialogue generation's cost (docs/performance.md, "SmolLM2 on 2 cores").
+Here a row leaves the batch, and the KV cache, as soon as it stops, so a step costs what the
+rows still writing cost. Greedy decoding gives the same tokens as `generate` (each row's
+logits do not depend on the other rows; tests/test_decode.py checks it); sampling draws the
+same distribution, but from the random stream in another order, so other samples come out.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                    TopKLogitsWarper, TopPLogitsWarper)
+
+
+def picker(temperature: float, top_p: float = 1.0, top_k: int | None = None):
+    """The next-token rule `generate` applies for these settings: argmax at temperature 0,
+    else temperature, top-k, top-p (generate's order) and a draw from what is left."""
+    if not temperature:
+        return lambda ids, logits: logits.argmax(-1)
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+
+    def pick(ids, logits):
+        probs = torch.softmax(warpers(ids, logits.float()), dim=-1)
+        return torch.multinomial(probs, num_samples=1).squeeze(1)
+
+    return pick
+
+
+@torch.inference_mode()
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+           stop_ids: list[int], pad_id: int, pick=None, stops_at=None) -> torch.Tensor:
+    """Continue each left-padded row of `input_ids` until it writes one of `stop_ids` (kept, as
+    `generate` keeps it) or `max_new_tokens`; `stops_at(row_tokens) -> bool`, if given, ends a
+    row early as well (a stop string). Returns the prompts and what followed, padded with
+    `pad_id` after each row's end: the shape and content of `generate`'s output."""
+    pick = pick or picker(0.0)
+    rows, length = input_ids.shape
+    out = torch.full((rows, length + max_new_tokens), pad_id, dtype=input_ids.dtype,
+                     device=input_ids.device)
+    out[:, :length] = input_ids
+    alive = torch.arange(rows, device=input_ids.device)  # rows of `out` still in the batch
+    stop = torch.tensor(stop_ids, device=input_ids.device)
+    mask = attention_mask.long()
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    cache = DynamicCache(config=model.config)
+    logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                   cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    written = 0
+    for step in range(max_new_tokens):
+        token = pick(out[alive, : length + step], logits)
+        out[alive, length + step] = token
+        written = step + 1
+        done = torch.isin(token, stop)
+        if stops_at is not None:
+            done |= torch.tensor([stops_at(out[r, length: length + step + 1]) for r in alive.tolist()],
+                                 device=done.device)
+        if done.all() or step + 1 == max_new_tokens:
+            break
+        if done.any():  # the finished rows leave the batch and the cache
+            keep = (~done).nonzero().squeeze(1)
+            alive, token, mask = alive[keep], token[keep], mask[keep]
+            cache.batch_select_indices(keep)
+        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+        logits = model(input_ids=token[:, None], attention_mask=mask,
+                       position_ids=mask.sum(-1, keepdim=True) - 1, cache=cache,
+                       use_cache=True).logits[:, -1]
+    return out[:, : length + written]
