@@ -16,12 +16,14 @@ import signal
 from contextlib import ExitStack
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import config, record  # noqa: F401  (config: the resolvers that check and name a run)
 from .errors import SasftError, refuse
 from .paths import CONF_MODULE
-from .rundir import check_identity, identity, owned
+from .rundir import check_identity, identity, owned, remove_unclaimed, remove_unstarted_sweep
 
 log = logging.getLogger("sasft")
 
@@ -51,21 +53,6 @@ def check_cluster_settings(cfg: DictConfig) -> None:
                     "cache_dir) at shared storage", cache)
 
 
-def remove_unclaimed(run_dir: Path) -> None:
-    """Remove the directory Hydra made for a run refused before claiming it, and the empty
-    folders above it up to the working directory. Only one that holds nothing but Hydra's own
-    files (.hydra/, the job's log): a directory with anything else is another run's."""
-    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log"
-                                   for p in run_dir.iterdir()):
-        return
-    shutil.rmtree(run_dir)
-    cwd = Path.cwd().resolve()
-    for parent in run_dir.resolve().parents:
-        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
-            break
-        parent.rmdir()
-
-
 def claim(run_dir: Path, cfg: DictConfig, stack: ExitStack) -> dict | None:
     """Make `run_dir` this run's and hold it (until `stack` closes); returns the recorded
     results of a finished run to report, or None to run."""
@@ -92,6 +79,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     except SasftError:
         if dist.is_main():
             remove_unclaimed(run_dir)
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                remove_unstarted_sweep(Path(HydraConfig.get().sweep.dir))
         raise
     with ExitStack() as stack:
         done = dist.on_main(claim, run_dir, cfg, stack)

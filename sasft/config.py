@@ -7,12 +7,13 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError, SasftError, refuse
 from .evaluate import check_test_file
 from .paths import CONF_MODULE, PACKAGE_DIR
-from .rundir import run_path
+from .rundir import remove_unstarted_sweep, run_path
 from .schema import check, register
 from .task import check_task, is_mapped
 
@@ -26,6 +27,8 @@ def _run_path(*, _root_) -> str:
     try:  # without `hydra`, whose run.dir is this very resolver
         validate(OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"]))
     except SasftError as e:
+        if _root_.hydra.mode == RunMode.MULTIRUN:  # a swept value: Hydra recorded the sweep
+            remove_unstarted_sweep(Path(_root_.hydra.sweep.dir))
         refuse(e)
     return run_path(_root_)
 

@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -203,3 +204,33 @@ def owned(run_dir: Path, wait_s: float | None):
     finally:
         (run_dir / OWNER_FILE).unlink(missing_ok=True)
         lock.release()
+
+
+# --- a refused run leaves nothing ---------------------------------------------------------------
+
+
+def remove_unclaimed(run_dir: Path) -> None:
+    """Remove the directory Hydra made for a run refused before claiming it, and the empty
+    folders above it up to the working directory. Only one that holds nothing but Hydra's own
+    files (.hydra/, the job's log): a directory with anything else is another run's."""
+    if not run_dir.is_dir() or any(p.name != ".hydra" and p.suffix != ".log"
+                                   for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir)
+    _remove_empty_parents(run_dir)
+
+
+def remove_unstarted_sweep(sweep_dir: Path) -> None:
+    """Remove a sweep's directory that holds only Hydra's record of the sweep (multirun.yaml):
+    its first job was refused, so no run of it exists."""
+    if sweep_dir.is_dir() and [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
+        shutil.rmtree(sweep_dir)
+        _remove_empty_parents(sweep_dir)
+
+
+def _remove_empty_parents(path: Path) -> None:
+    cwd = Path.cwd().resolve()
+    for parent in path.resolve().parents:
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()

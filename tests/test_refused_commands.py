@@ -68,6 +68,11 @@ CASES = {
     # A sweep (-m): a value its jobs share is refused before Hydra writes the sweep's directory.
     "sweep_with_a_shared_wrong_value": ("-m method=task_only,sasft seed=-1",
                                         "seed must be an integer in [0, 2147483647], got -1"),
+    # ... a swept one by its first job, which removes Hydra's record of the unstarted sweep
+    "sweep_with_a_swept_wrong_value": ("-m method=task_only seed=-1,0",
+                                       "seed must be an integer in [0, 2147483647], got -1"),
+    "sweep_refused_on_the_model_shape": ("-m method=freeze method.trainable_layers=5 seed=0,1",
+                                         "has only 4 layers"),
 }
 YAMLS = {
     "target_the_file_lacks": "train_file: {train}\nbenchmark:\n  file: {test}\n  target: answer\n",
