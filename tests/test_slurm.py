@@ -131,7 +131,9 @@ def job_logs(sweep_dir: Path) -> str:
 def run_dirs(sweep_dir: Path) -> dict[str, Path]:
     """{method: run dir} of the sweep's runs: the dirs Hydra gave a job (they hold `.hydra/`)."""
     configs = [p for p in sweep_dir.rglob(".hydra/config.yaml") if ".submitit" not in p.parts]
-    return {OmegaConf.load(c).method.name: c.parent.parent for c in configs}
+    loaded = [(OmegaConf.load(c), c) for c in configs]
+    # Polled while jobs start: Hydra writes config.yaml in place, so one may still be empty.
+    return {cfg.method.name: c.parent.parent for cfg, c in loaded if "method" in cfg}
 
 
 # --- a downsized sweep, relaunched ---------------------------------------------------------------
