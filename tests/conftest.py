@@ -40,3 +40,14 @@ def make_cfg(tmp_path):
         return shrink(compose_config(overrides), tmp_path)
 
     return _make
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """The default toy model, its tokenizer and config, loaded once per test module."""
+    from sasft.model import load_model  # torch: only for the tests that ask for a model
+
+    cfg = compose_config()
+    model, tokenizer = load_model(cfg.model)
+    model.eval()
+    return model, tokenizer, cfg

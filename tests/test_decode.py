@@ -15,17 +15,8 @@ from sasft.model import load_model
 from sasft.pipeline import benchmarks_of
 from sasft.task import load_task
 
-from .conftest import compose_config
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    cfg = compose_config()
-    model, tokenizer = load_model(cfg.model)
-    model.eval()
-    return model, tokenizer, cfg
 
 
 def _prompts(tokenizer):

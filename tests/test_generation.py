@@ -16,20 +16,10 @@ from sasft.paths import PACKAGE_DIR
 from sasft.data import read_jsonl, to_dialogue, tokenize
 from sasft.generation import (GenerationError, complete, generate_batch,
                               generate_self_dialogues, hf_sampler, turn_header)
-from sasft.model import load_model
 from sasft.train import train_collator
 
-from .conftest import compose_config
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def toy():
-    cfg = compose_config()
-    model, tokenizer = load_model(cfg.model)
-    model.eval()
-    return model, tokenizer, cfg
 
 
 def gen_cfg(cfg, **changes):
