@@ -28,6 +28,7 @@ from . import cache
 from .errors import SasftError
 from .data import Dialogue, read_jsonl, write_jsonl
 from .decode import decode, picker
+from .schema import TRAINING_SEED_MAX
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ SHARED_SEED = 0
 # the low 32 bits of a seed: 2**32 draws what 0 draws), while training seeds (the schema keeps
 # them below 2**31) and their resumed draws stay below it. So whatever generation.per_seed says,
 # a held-out set never shares draws or a cache file with a training mix.
-HELD_OUT_BASE = 2**31
+MAX_TRAINING_SEED = TRAINING_SEED_MAX  # the schema's bound on a run's seed
+HELD_OUT_BASE = MAX_TRAINING_SEED + 1  # 2**31
 HELD_OUT_STREAMS = ("kl", "fisher", "analysis")
-MAX_TRAINING_SEED = HELD_OUT_BASE - 1
 
 
 class Truncated(str):

@@ -34,8 +34,8 @@ def limits(default=MISSING, *, min=None, max=None, above=None, choices=None, reg
 INT_MAX = 2**31 - 1
 # What numpy, lm-eval and torch's generators all accept as a seed.
 SEED_MAX = 2**32 - 1
-# A run's seed; the seeds above it are the held-out streams' (generation.held_out_seed), so no
-# training seed draws a held-out set.
+# A run's seed; the seeds above it are the held-out streams' (generation.HELD_OUT_BASE), so
+# no training seed draws a held-out set.
 TRAINING_SEED_MAX = 2**31 - 1
 # Ratios that multiply a count of examples (auxiliary dialogues per task example, dialogues
 # generated per dialogue kept): far beyond any experiment, and nowhere near an overflow.
