@@ -153,16 +153,12 @@ class ExternalMix(Method):
     def _load(self):
         """The corpus as a list of records (local) or a datasets.Dataset (hub: memory-mapped
         Arrow, so 200k dialogues cost no RAM until picked)."""
-        if self.loader:
-            records = [(f"{self.loader}: record {i}", r)
-                       for i, r in enumerate(load_corpus(self.loader))]
+        if self.loader or self.hub is None:
+            records = ([(f"{self.loader}: record {i}", r)
+                        for i, r in enumerate(load_corpus(self.loader))] if self.loader
+                       else read_records(self.corpus_file))
             for where, record in records:
-                check_record(record, where)
-            return [record for _, record in records]
-        if self.hub is None:
-            records = read_records(self.corpus_file)
-            for where, record in records:
-                check_record(record, where)  # a bad record fails here, named by file and line
+                check_record(record, where)  # a bad record fails here, named by where it is
             return [record for _, record in records]
         import datasets
 

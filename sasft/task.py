@@ -63,7 +63,7 @@ def check_task(cfg) -> None:
     if not is_mapped(cfg):
         if cfg.max_test_examples is not None:
             raise ignored("max_test_examples", "its test is benchmark.file, used whole (the "
-                          "keys of a mapped task: README, Tasks)")
+                          "keys of a mapped task: docs/real_models.md, Tasks)")
         if not cfg.train_file:
             raise ConfigError(f"task {cfg.name} has no training data: set task.train_file (in "
                               f"sasft's chat schema), or a source to map ({', '.join(MAPPING_KEYS)})")
