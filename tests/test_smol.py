@@ -61,7 +61,7 @@ def test_arithmetic_answers_are_the_arithmetic():
 def test_gsm_solutions_check_out_and_end_in_their_answer():
     train = read_jsonl(TASKS / "smol_gsm/train.jsonl")
     test = read_jsonl(TASKS / "smol_gsm/test.jsonl")
-    assert (len(train), len(test)) == (200, 100)
+    assert (len(train), len(test)) == (1600, 300)
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
     for r in train + test:
         *steps, final = r["response"].split("\n")
