@@ -6,11 +6,14 @@ from __future__ import annotations
 import shutil
 import tarfile
 
+import pytest
+
 from sasft.report import archive
 from sasft.report import cli as report
 from tests.test_identity import results_under, run_cli
 
 
+@pytest.mark.slow  # two toy runs and a relaunch: about two minutes
 def test_a_packed_sweep_reports_the_same_and_is_not_rerun_where_it_is_unpacked(tmp_path):
     sweep = ["-m", "method=task_only", "seed=0,1", "train.save_model=true",
              "hydra.sweep.dir=multirun/packed"]
