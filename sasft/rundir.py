@@ -50,6 +50,7 @@ NOT_IDENTITY = (
     "wandb",                # where the run is logged
     "train.logging_steps", "train.save_steps", "train.save_model",  # what is logged or kept
     "eval.batch_size", "eval.max_batch_size", "eval.drop_finished",  # throughput only
+    "train.labelled_logits_only",  # the same loss, fewer logits: throughput only
     "eval.examples",        # how many forgotten items a run keeps to show
     # Throughput and inspection only. The self-dialogue cache is keyed without them too, so a
     # run finds the same dialogues whatever its batch size or backend (sasft/generation.py).

@@ -202,6 +202,7 @@ class TrainSchema:
     packing: bool = MISSING
     logging_steps: int = limits(min=1)
     bf16: bool = MISSING
+    labelled_logits_only: bool = MISSING
     use_liger_kernel: bool = MISSING
     save_steps: Optional[int] = limits(None, min=1)
     save_model: bool = MISSING

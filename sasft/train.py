@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 from datasets import Dataset
 from transformers import (DataCollatorWithFlattening, Trainer, TrainerCallback,
                           TrainingArguments)
+from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .errors import SasftError
@@ -35,17 +37,26 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         self.generator.manual_seed(self.seed + epoch)
 
 
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose next token some row of the batch labels: the only logits a causal
+    LM's loss reads."""
+    return (labels[:, 1:] != -100).any(0).nonzero().squeeze(1)
+
+
 class SFTTrainer(Trainer):
-    """The Trainer, with four changes: it stops at once on a non-finite loss instead of
+    """The Trainer, with five changes: it stops at once on a non-finite loss instead of
     training on garbage; its periodic evaluation is the in-domain benchmark through
     lm-eval (the paper's Figure 3) and the KL from the base (sasft/kl.py), logged like any
     metric: to the history and to trackers; a method's penalty, if any, is added to the loss
-    (and logged as `penalty`); and its length-grouped batch order is seeded per epoch, so that
+    (and logged as `penalty`); the LM head runs only where the loss reads its logits
+    (`labelled_logits_only`); and its length-grouped batch order is seeded per epoch, so that
     a run resumed from a checkpoint trains on the same batches as an uninterrupted one."""
 
-    def __init__(self, *args, periodic_eval=None, penalty=None, **kwargs):
+    def __init__(self, *args, periodic_eval=None, penalty=None, labelled_logits_only=False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.periodic_eval, self.penalty = periodic_eval, penalty
+        self.labelled_logits_only = labelled_logits_only and accepts_logits_to_keep(self.model)
         self._penalties: list[float] = []
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -63,6 +74,13 @@ class SFTTrainer(Trainer):
         return sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.labelled_logits_only and "labels" in inputs and model.training:
+            # The vocabulary projection is a fifth of a small model's FLOPs and its largest
+            # activation; prompt tokens and padding need none of it. The model's own loss
+            # then reads the kept positions' labels (its `shift_labels`): the same loss.
+            keep = labelled_positions(inputs["labels"])
+            inputs = {**inputs, "logits_to_keep": keep,
+                      "shift_labels": inputs["labels"][:, keep + 1]}
         out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if self.penalty is None or not model.training:
             return out
@@ -102,6 +120,15 @@ class EvaluateAtEnd(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if args.eval_strategy != "no" and state.global_step >= state.max_steps:
             control.should_evaluate = True
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM under any peft wrapper takes `logits_to_keep` (transformers' own
+    decoder models do) and computes its loss with transformers' causal-LM loss, which reads
+    `shift_labels` when given (a model with its own loss might not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return "logits_to_keep" in params and getattr(base, "loss_function", None) is ForCausalLMLoss
 
 
 def tokenized_dataset(tokenizer, mix: list[dict], max_seq_len: int) -> Dataset:
@@ -185,6 +212,8 @@ def train(model, tokenizer, mix: list[dict], cfg, output_dir: Path, seed: int,
         callbacks=list(callbacks),
         periodic_eval=periodic_eval,
         penalty=penalty,
+        # Liger's fused linear + cross-entropy already skips the logits.
+        labelled_logits_only=cfg.labelled_logits_only and not cfg.use_liger_kernel,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(output_dir))
     history = trainer.state.log_history
