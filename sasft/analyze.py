@@ -21,7 +21,11 @@ For each finished run that kept its weights (`model/`, train.save_model=true) it
     task's style rather than the base's. Toy models: an answer not opening with the house style's
     "Sure!" is leaked (exact there), counted over the prompts the base answers in that style.
     Other models: a length proxy, an answer shorter than half the base's answer; drift.json and
-    the output say which rule was used.
+    the output say which rule was used;
+  - answer_nll: the base model's mean token NLL of the fine-tuned model's greedy answers to the
+    same prompts, against its NLL of its own greedy answers, and the increase: how far the
+    answers moved from what the base would write, whatever their length or opening, so a
+    style measure for any model (the leakage share's rules fit the toy world best).
 Base-model work (loading, self-dialogues, base NLL, base answers) is done once per base model
 for a whole sweep. `python -m sasft.report` reads the drift.json files into its "Drift" section.
 """
@@ -206,6 +210,30 @@ def mean_nll(model, sequences: list[list[int]], pad_id: int, batch_size: int) ->
 
 
 @torch.no_grad()
+def answer_nll(model, tokenizer, prompts: list[str], answers: list[str],
+               batch_size: int) -> float | None:
+    """Token-weighted mean NLL of each answer's tokens after its chat-templated prompt (the
+    prompt's tokens are context, not scored); None if every answer is empty."""
+    rows = []
+    for prompt, answer in zip(prompts, answers):
+        context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        scored = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if scored:
+            rows.append((context + scored, len(context)))
+    total, count = 0.0, 0
+    for chunk in chunks(rows, batch_size):
+        ids, mask = right_padded([r for r, _ in chunk], tokenizer.pad_token_id, model.device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        keep = mask[:, 1:].bool()
+        for i, (_, start) in enumerate(chunk):
+            keep[i, : start - 1] = False  # the prompt: position start - 1 predicts the answer
+        total += nll[keep].sum(dtype=torch.float64).item()
+        count += int(keep.sum())
+    return total / count if count else None
+
+
+@torch.no_grad()
 def mean_kl(base, tuned, sequences: list[list[int]], pad_id: int,
             batch_size: int) -> tuple[float, float]:
     """Mean KL(base || tuned) of next-token distributions over every token of `sequences`,
@@ -309,7 +337,14 @@ class Reference:
     prompt_ids: list[list[int]]
     nll: float
     answers: dict[str, list[str]]
+    answer_nll: float | None  # the base's NLL of its own greedy answers
     dialogue_stats: dict
+
+    def nll_of(self, answers: dict[str, list[str]], batch_size: int) -> float | None:
+        """The base model's NLL of `answers` ({benchmark: one per prompt})."""
+        prompts = [p for b in self.prompts for p in self.prompts[b][0]]
+        return answer_nll(self.model, self.tokenizer, prompts,
+                          [a for b in self.prompts for a in answers[b]], batch_size)
 
 
 def reference_key(cfg: DictConfig, settings: Settings) -> str:
@@ -336,10 +371,12 @@ def build_reference(cfg: DictConfig, settings: Settings) -> Reference:
         raise ValueError("the run's eval.general holds no benchmark with questions: no KL to measure")
     answers = {b: greedy_answers(model, tokenizer, texts, n, settings.batch_size)
                for b, (texts, n) in prompts.items()}
-    return Reference(reference_key(cfg, settings), model, tokenizer, weights,
-                     ids, prompts, prompt_ids,
-                     mean_nll(model, ids, tokenizer.pad_token_id, settings.batch_size),
-                     answers, {**stats, "count": len(ids), "seed": ANALYSIS_SEED})
+    reference = Reference(reference_key(cfg, settings), model, tokenizer, weights,
+                          ids, prompts, prompt_ids,
+                          mean_nll(model, ids, tokenizer.pad_token_id, settings.batch_size),
+                          answers, None, {**stats, "count": len(ids), "seed": ANALYSIS_SEED})
+    reference.answer_nll = reference.nll_of(answers, settings.batch_size)
+    return reference
 
 
 class References:
@@ -394,10 +431,17 @@ def analyze_run(run_dir: Path, settings: Settings, references: References | None
                               "dialogues": ref.dialogue_stats},
         "kl": {"mean": kl, "last_prompt_token": kl_last, "prompts": len(ref.prompt_ids)},
         "style_leakage": style_leakage(ref.answers, answers, prefix=cfg.model.style_prefix),
+        "answer_nll": answer_nll_record(ref, answers, settings.batch_size),
         "settings": asdict(settings),
     }
     publish_json(run_dir / DRIFT_FILE, drift)
     return drift
+
+
+def answer_nll_record(ref: Reference, answers: dict[str, list[str]], batch_size: int) -> dict:
+    tuned = ref.nll_of(answers, batch_size)
+    increase = None if tuned is None or ref.answer_nll is None else tuned - ref.answer_nll
+    return {"base_answers": ref.answer_nll, "finetuned_answers": tuned, "increase": increase}
 
 
 def analyze(target: Path, settings: Settings, force: bool = False) -> tuple[list[Run], list]:
@@ -431,7 +475,12 @@ def summary_line(run: Run, drift: dict) -> str:
     return (f"{run.model}/{run.task}/{run.method}{ratio} seed {run.seed}: "
             f"weights {drift['weights']['mean_layer']:.4f}, "
             f"self-dialogue NLL {drift['self_dialogue_nll']['increase']:+.4f}, "
-            f"KL {drift['kl']['mean']:.4f}, leaked {share} ({leak['rule']})")
+            f"KL {drift['kl']['mean']:.4f}, leaked {share} ({leak['rule']}), "
+            f"answer NLL under the base {_signed(drift['answer_nll']['increase'])}")
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -133,6 +133,8 @@ def test_a_model_compared_with_itself_has_zero_drift(sweep):
     leak = drift["style_leakage"]
     assert leak["rule"] == "length_proxy"  # the config names no house style
     assert leak["share"] == 0.0 and leak["prompts"] == len(GENERAL)
+    answers = drift["answer_nll"]
+    assert answers["increase"] == 0.0 and answers["base_answers"] > 0
 
 
 def test_one_optimizer_step_makes_every_measure_positive(sweep):
@@ -141,6 +143,8 @@ def test_one_optimizer_step_makes_every_measure_positive(sweep):
     assert drift["self_dialogue_nll"]["increase"] > 0
     assert drift["kl"]["mean"] > 0 and drift["kl"]["last_prompt_token"] > 0
     assert 0.0 <= drift["style_leakage"]["share"] <= 1.0
+    # The base's own greedy answers are its likeliest: any other answer scores worse under it.
+    assert drift["answer_nll"]["increase"] > 0
 
 
 def test_a_lora_adapter_moves_only_what_it_adapts(sweep):
@@ -172,6 +176,23 @@ def test_style_leakage_counts_a_lost_house_prefix_or_a_shorter_answer():
     assert leak["share"] == 0.5 and leak["rule"] == "house_prefix"
 
 
+def test_answer_nll_scores_the_answer_not_the_prompt(toy):
+    model, tokenizer, _ = toy
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Is 12 odd or even?"}],
+                                           tokenize=False, add_generation_prompt=True)
+    likely = analyze.greedy_answers(model, tokenizer, [prompt], 16, batch_size=1)[0]
+    assert analyze.answer_nll(model, tokenizer, [prompt], [""], 4) is None
+    base = analyze.answer_nll(model, tokenizer, [prompt], [likely], 4)
+    odd = analyze.answer_nll(model, tokenizer, [prompt], ["zebra zebra zebra"], 4)
+    assert 0 < base < odd
+    # Batched with a longer prompt and padding, an answer scores as it does alone.
+    long = prompt.replace("Is 12", "Is the number 12, which you know well,")
+    both = analyze.answer_nll(model, tokenizer, [long, prompt], ["odd", likely], 4)
+    alone = analyze.answer_nll(model, tokenizer, [long], ["odd"], 4)
+    n_odd, n_likely = (len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in ("odd", likely))
+    assert both == pytest.approx((alone * n_odd + base * n_likely) / (n_odd + n_likely), rel=1e-4)
+
+
 def test_each_weight_is_grouped_by_its_layer_and_kind():
     assert analyze.groups_of("model.layers.3.self_attn.q_proj.weight")[0] == ("layer", 3, "q")
     assert analyze.groups_of("model.layers.0.self_attn.k_proj.bias")[0] == ("layer", 0, "k")
@@ -188,6 +209,7 @@ def test_the_report_drift_section_relates_weight_change_to_forgetting(sweep, tmp
     drift = md.split("## Drift")[1].split("## Missing runs")[0]
     assert "3 runs analyzed" in drift
     assert "Pearson r" in drift and "self-dialogue NLL increase" in drift
+    assert "answer NLL under the base" in drift
     # The more a run's weights moved, the more it forgot: 0 / -0.05 / -0.2 in this sweep.
     row = next(line for line in drift.splitlines() if line.startswith("| weight change"))
     assert float(row.split("|")[2]) < 0

@@ -37,6 +37,9 @@ MEASURES = {  # CSV column: (label, how to read it from drift.json, None where u
                      lambda d: d["self_dialogue_nll"]["increase"]),
     "kl": ("KL(base ‖ fine-tuned)", lambda d: d["kl"]["mean"]),  # no "|": it splits md tables
     "leakage": ("style leakage share", lambda d: d["style_leakage"]["share"]),
+    # Absent from drift.json written before it was measured.
+    "answer_nll": ("answer NLL under the base, increase",
+                   lambda d: d.get("answer_nll", {}).get("increase")),
 }
 
 
