@@ -48,7 +48,7 @@ SHARED_SEED = 0
 # a held-out set never shares draws or a cache file with a training mix.
 MAX_TRAINING_SEED = TRAINING_SEED_MAX  # the schema's bound on a run's seed
 HELD_OUT_BASE = MAX_TRAINING_SEED + 1  # 2**31
-HELD_OUT_STREAMS = ("kl", "fisher", "analysis")
+HELD_OUT_STREAMS = ("kl", "fisher", "analysis", "turns")
 
 
 class Truncated(str):
