@@ -14,8 +14,47 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
                                                     TopKLogitsWarper, TopPLogitsWarper)
+
+
+class GrowingLayer(DynamicLayer):
+    """transformers' DynamicLayer, but its keys and values live in a buffer that doubles when
+    full, so appending a token writes one slot instead of copying the whole cache (`torch.cat`
+    at every step: quadratic in the length, and most of a CPU's time once turns run to
+    thousands of tokens). `keys` and `values` are views of the filled part: the same values."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self._k, self._v = key_states, value_states  # the prompt: the first fill
+            self.keys, self.values = self._k, self._v
+            return self.keys, self.values
+        n, new = self.keys.shape[-2], key_states.shape[-2]
+        if n + new > self._k.shape[-2]:
+            capacity = max(2 * self._k.shape[-2], n + new)
+            self._k, self._v = (torch.cat([t[..., :n, :], t.new_empty(
+                (*t.shape[:-2], capacity - n, t.shape[-1]))], dim=-2) for t in (self._k, self._v))
+        self._k[..., n: n + new, :] = key_states
+        self._v[..., n: n + new, :] = value_states
+        self.keys, self.values = self._k[..., : n + new, :], self._v[..., : n + new, :]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() > 0:
+            n = self.keys.shape[-2]
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[..., :n, :], self._v[..., :n, :]
+
+
+def growing_cache(config) -> DynamicCache:
+    """A DynamicCache whose full-attention layers grow in place (GrowingLayer); sliding-window
+    and other layer types stay transformers' own."""
+    cache = DynamicCache(config=config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer
+                    for layer in cache.layers]
+    return cache
 
 
 def picker(temperature: float, top_p: float = 1.0, top_k: int | None = None):
@@ -52,7 +91,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
     stop = torch.tensor(stop_ids, device=input_ids.device)
     mask = attention_mask.long()
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model.config)
     logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                    cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     written = 0
