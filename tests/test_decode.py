@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from omegaconf import open_dict
+from transformers.cache_utils import DynamicLayer
 
-from sasft.decode import decode, picker
+from sasft.decode import GrowingLayer, decode, picker
 from sasft.evaluate import evaluate_items
 from sasft.generation import stop_ids, turn_header
 from sasft.model import load_model
@@ -17,6 +18,23 @@ from sasft.task import load_task
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def test_a_growing_cache_layer_holds_what_concatenation_holds():
+    """Through the prompt, token-by-token appends past several doublings, and rows dropped."""
+    torch.manual_seed(0)
+    grown, cat = GrowingLayer(), DynamicLayer()
+    for step, length in enumerate([5] + [1] * 20):
+        if step == 9:  # two of the four rows finish
+            keep = torch.tensor([0, 2])
+            grown.batch_select_indices(keep)
+            cat.batch_select_indices(keep)
+        rows = 4 if step < 9 else 2
+        k, v = torch.randn(rows, 2, length, 3), torch.randn(rows, 2, length, 3)
+        got, want = grown.update(k, v), cat.update(k, v)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), step
+        assert grown.get_seq_length() == cat.get_seq_length()
+    assert grown._k.shape[-2] == 40  # 5, then doubled to 10, 20, 40: a copy per doubling only
 
 
 def _prompts(tokenizer):
