@@ -196,17 +196,22 @@ def weight_drift(base_dir: Path, tuned) -> dict:
 
 
 @torch.no_grad()
-def mean_nll(model, sequences: list[list[int]], pad_id: int, batch_size: int) -> float:
-    """Token-weighted mean NLL of `sequences` (every token after the first)."""
+def mean_nll(model, sequences: list[list[int]], pad_id: int, batch_size: int,
+             scored_from: list[int] | None = None) -> float | None:
+    """Token-weighted mean NLL of `sequences`: every token after the first, or from token
+    `scored_from[i]` of sequence i on (what precedes it is context); None if none is scored."""
+    starts = scored_from or [1] * len(sequences)
     total, count = 0.0, 0
-    for chunk in chunks(sequences, batch_size):
-        ids, mask = right_padded(chunk, pad_id, model.device)
+    for chunk in chunks(list(zip(sequences, starts)), batch_size):
+        ids, mask = right_padded([s for s, _ in chunk], pad_id, model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         keep = mask[:, 1:].bool()
+        for i, (_, start) in enumerate(chunk):
+            keep[i, : start - 1] = False  # position start - 1 predicts token `start`
         total += nll[keep].sum(dtype=torch.float64).item()
         count += int(keep.sum())
-    return total / count
+    return total / count if count else None
 
 
 @torch.no_grad()
@@ -214,23 +219,14 @@ def answer_nll(model, tokenizer, prompts: list[str], answers: list[str],
                batch_size: int) -> float | None:
     """Token-weighted mean NLL of each answer's tokens after its chat-templated prompt (the
     prompt's tokens are context, not scored); None if every answer is empty."""
-    rows = []
+    rows, starts = [], []
     for prompt, answer in zip(prompts, answers):
         context = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         scored = tokenizer(answer, add_special_tokens=False)["input_ids"]
         if scored:
-            rows.append((context + scored, len(context)))
-    total, count = 0.0, 0
-    for chunk in chunks(rows, batch_size):
-        ids, mask = right_padded([r for r, _ in chunk], tokenizer.pad_token_id, model.device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-        keep = mask[:, 1:].bool()
-        for i, (_, start) in enumerate(chunk):
-            keep[i, : start - 1] = False  # the prompt: position start - 1 predicts the answer
-        total += nll[keep].sum(dtype=torch.float64).item()
-        count += int(keep.sum())
-    return total / count if count else None
+            rows.append(context + scored)
+            starts.append(len(context))
+    return mean_nll(model, rows, tokenizer.pad_token_id, batch_size, starts)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ ended repeat themselves (a loop: a 16-token window seen 3 times in the last 256 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections import Counter
@@ -41,11 +42,10 @@ def sample_turns(cfg, dialogues: int, seed: int) -> list[dict]:
     model, tokenizer = load_model(cfg.model)
     model.eval()
     sample = hf_sampler(model, tokenizer, cfg.generation)
-    turns, roles = [], ("user", "assistant") * cfg.generation.num_turns
-    calls = iter(range(10 ** 9))
+    turns, roles = [], itertools.cycle(("user", "assistant"))  # generate_batch's call order
 
     def recording(prompts, stats):
-        role = roles[next(calls) % len(roles)]
+        role = next(roles)
         out = sample(prompts, stats)
         for text in out:
             ids = tokenizer(str(text or ""), add_special_tokens=False)["input_ids"]
