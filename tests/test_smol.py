@@ -88,6 +88,37 @@ def test_extraction_answers_are_the_sentences_facts():
         assert all(str(v) in text for v in facts.values()), r
 
 
+
+def test_sql_queries_use_the_questions_values_and_score_as_the_sql_task_scores():
+    from omegaconf import OmegaConf
+    from sasft.evaluate import run_benchmarks
+    from tests.test_real_models import ScriptedLM
+
+    test = read_jsonl(TASKS / "smol_sql/test.jsonl")
+    train = read_jsonl(TASKS / "smol_sql/train.jsonl")
+    assert (len(train), len(test)) == (1600, 300)
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    for r in train + test:
+        context, question = r["prompt"].split("\n\nUsing the tables above, write one SQL query "
+                                              "that answers: ")
+        table = r["response"].split(" FROM ")[1].split(" ")[0]
+        assert context == build.TABLES[table], r
+        for value in re.findall(r'"([^"]+)"|(?<!LIMIT )\b(\d+)\b', r["response"]):
+            assert (value[0] or value[1]) in question, r
+
+    spec = dict(compose_config(["model=smol", "task=smol_sql"]).task.benchmark)
+    items = test[:4]
+    gold = [r["response"] for r in items]
+    replies = [f"```sql\n{gold[0].lower()};\n```\nThis query selects it.", gold[1],
+               gold[2].replace('"', "'"), gold[3].replace("SELECT", "SELECT DISTINCT")]
+    spec["file"] = str(build.DATA / "tasks/smol_sql/test.jsonl")
+    lm = ScriptedLM({r["prompt"]: reply for r, reply in zip(items, replies)})
+    eval_cfg = OmegaConf.create({"limit": len(items), "seed": 0})
+    result = run_benchmarks(lm, {"smol_sql": spec}, eval_cfg, eos="<|im_end|>")["smol_sql"]
+    # The first three are the gold query (fenced and lower case, as written, quotes swapped); the
+    # fourth is another query.
+    assert [i["score"] for i in result["items"]] == [1.0, 1.0, 1.0, 0.0]
+
 # --- IFEval items, scored by lm-eval's own checkers -------------------------------------------
 
 COMPLIANT = {

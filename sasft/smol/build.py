@@ -7,8 +7,9 @@
   plurals (generative, the answer extracted from the reply), continents (multiple choice by
   log-likelihood) and ifeval_simple (IFEval's own instructions, scored by lm-eval's checkers);
 - two tasks in a terse style the model does not write: smol_gsm (GSM8K-format arithmetic word
-  problems, worked as bare equations ending "#### N") and smol_extract (a sentence's facts as
-  one line of JSON).
+  problems, worked as bare equations ending "#### N"), smol_extract (a sentence's facts as
+  one line of JSON) and smol_sql (a question about small tables, answered by one SQL query, in
+  the prompt format of conf/task/sql.yaml).
 """
 
 from __future__ import annotations
@@ -184,6 +185,66 @@ def extraction(rng: random.Random) -> tuple[str, str]:
     return prompt, json.dumps({"name": name, "age": age, "city": city, "job": job})
 
 
+# Three small tables, in the CREATE TABLE form of b-mc2/sql-create-context (conf/task/sql.yaml).
+TABLES = {
+    "people": "CREATE TABLE people (name VARCHAR, age INTEGER, city VARCHAR, job VARCHAR)",
+    "orders": "CREATE TABLE orders (id INTEGER, customer VARCHAR, item VARCHAR, quantity INTEGER, "
+              "price INTEGER)",
+    "books": "CREATE TABLE books (title VARCHAR, author VARCHAR, year INTEGER, pages INTEGER)",
+}
+# Not capitals: the capitals benchmark must not be what the task teaches.
+CITIES = ["Lyon", "Osaka", "Porto", "Austin", "Bergen", "Cork", "Graz", "Kyoto", "Turin",
+          "Malaga", "Leeds", "Perth"]
+SQL_PROMPT = "{context}\n\nUsing the tables above, write one SQL query that answers: {question}\nReply with the query only."
+
+
+def sql_question(rng: random.Random) -> tuple[str, str]:
+    """A question about one table and the one query that answers it (a template each: the
+    column, comparison and aggregate follow from the question's words)."""
+    name, job, city, item = (rng.choice(NAMES), rng.choice(PEOPLE_JOBS), rng.choice(CITIES),
+                             rng.choice(ITEMS))
+    age, n, year = rng.randint(18, 70), rng.randint(2, 60), rng.randint(1950, 2020)
+    pages = rng.randrange(100, 900, 10)
+    people = [
+        (f"What is the age of {name}?", f'SELECT age FROM people WHERE name = "{name}"'),
+        (f"Which city does {name} live in?", f'SELECT city FROM people WHERE name = "{name}"'),
+        (f"How many people work as a {job}?",
+         f'SELECT COUNT(*) FROM people WHERE job = "{job}"'),
+        (f"List the names of people older than {age}.",
+         f"SELECT name FROM people WHERE age > {age}"),
+        (f"What is the average age of people living in {city}?",
+         f'SELECT AVG(age) FROM people WHERE city = "{city}"'),
+        (f"Who is the youngest {job}?",
+         f'SELECT name FROM people WHERE job = "{job}" ORDER BY age LIMIT 1'),
+        (f"List the names of every {job} older than {age}.",
+         f'SELECT name FROM people WHERE job = "{job}" AND age > {age}'),
+        (f"How many people in {city} are younger than {age}?",
+         f'SELECT COUNT(*) FROM people WHERE city = "{city}" AND age < {age}'),
+    ]
+    orders = [
+        (f"How many {item} did {name} order in total?",
+         f'SELECT SUM(quantity) FROM orders WHERE customer = "{name}" AND item = "{item}"'),
+        (f"What is the highest price paid for {item}?",
+         f'SELECT MAX(price) FROM orders WHERE item = "{item}"'),
+        (f"Which customers ordered more than {n} {item}?",
+         f'SELECT customer FROM orders WHERE item = "{item}" AND quantity > {n}'),
+        (f"How many orders cost less than {n} dollars?",
+         f"SELECT COUNT(*) FROM orders WHERE price < {n}"),
+    ]
+    books = [
+        (f"Who wrote the books published in {year}?",
+         f"SELECT author FROM books WHERE year = {year}"),
+        (f"How many books did {name} write?", f'SELECT COUNT(*) FROM books WHERE author = "{name}"'),
+        (f"What is the title of the longest book by {name}?",
+         f'SELECT title FROM books WHERE author = "{name}" ORDER BY pages DESC LIMIT 1'),
+        (f"List the titles of books with more than {pages} pages.",
+         f"SELECT title FROM books WHERE pages > {pages}"),
+    ]
+    table, questions = rng.choice([("people", people), ("orders", orders), ("books", books)])
+    question, query = rng.choice(questions)
+    return SQL_PROMPT.format(context=TABLES[table], question=question), query
+
+
 def task_split(make, rng: random.Random, train: int, test: int) -> tuple[list, list]:
     """Distinct prompts, the test split disjoint from the training split."""
     seen, out = set(), []
@@ -226,6 +287,9 @@ def main() -> None:
     train, test = task_split(extraction, random.Random(4), TRAIN_SIZE, TEST_SIZE)
     write(DATA / "tasks" / "smol_extract" / "train.jsonl", train)
     write(DATA / "tasks" / "smol_extract" / "test.jsonl", test)
+    train, test = task_split(sql_question, random.Random(5), TRAIN_SIZE, TEST_SIZE)
+    write(DATA / "tasks" / "smol_sql" / "train.jsonl", train)
+    write(DATA / "tasks" / "smol_sql" / "test.jsonl", test)
     print(f"wrote {DATA}")
 
 

@@ -46,7 +46,7 @@ def main(overrides: list[str]) -> None:
     model, tokenizer = load_model(cfg.model)
     print(f"load: {time.perf_counter() - start:.1f} s")
     benchmarks = {n: OmegaConf.to_container(s, resolve=True) for n, s in cfg.eval.general.items()}
-    for task in ("smol_gsm", "smol_extract"):
+    for task in ("smol_gsm", "smol_extract", "smol_sql"):
         benchmarks[task] = load_task(compose_config([f"task={task}"]).task).benchmark
     for name, spec in benchmarks.items():
         start = time.perf_counter()
