@@ -349,13 +349,15 @@ _CACHE_FORMAT = 2  # base results with chance and items (format 1 held the score
 def _base_key(fingerprint: str, name: str, spec: dict, cfg) -> str:
     """Everything a base score depends on: the model, the whole spec (num_fewshot, metric,
     extraction, ...), the eval settings (limit, seed), the bytes of a local test file (an edited
-    file is another benchmark) and lm-eval's version (its registry tasks change by release)."""
+    file is another benchmark) and lm-eval's version (its registry tasks change by release).
+    Files count by their bytes, not their paths: a frozen install elsewhere reuses the scores."""
     spec = benchmark_spec(spec)
     file = spec["file"]
     if file:
         digest = hashlib.sha256(Path(file).read_bytes()).hexdigest()
     else:  # a registry task: lm-eval's version names it, or the bytes of one the config ships
         digest = _include_digest(spec["lm_eval_include"]) if spec["lm_eval_include"] else None
+    spec = {**spec, "file": bool(file), "lm_eval_include": bool(spec["lm_eval_include"])}
     return cache.key({"model": fingerprint, "name": name, "spec": spec,
                       **{k: cfg[k] for k in _EVAL_KEYS}, "file_digest": digest,
                       "lm_eval": metadata.version("lm_eval"), "format": _CACHE_FORMAT})

@@ -477,6 +477,10 @@ def test_base_score_key_covers_fewshot_limit_and_file(tmp_path):
     key = _base_key("model", "b", spec, eval_cfg)
     assert key != _base_key("model", "b", {**spec, "num_fewshot": 5}, eval_cfg)
     assert key != _base_key("model", "b", spec, OmegaConf.create({"limit": 100, "seed": 0}))
+    # The same bytes elsewhere (another checkout, a frozen install) are the same benchmark.
+    (tmp_path / "elsewhere").mkdir()
+    moved = _write(tmp_path / "elsewhere" / "t.jsonl", [{"prompt": "p", "response": "r"}])
+    assert key == _base_key("model", "b", {**spec, "file": str(moved)}, eval_cfg)
     _write(f, [{"prompt": "p", "response": "edited"}])
     assert key != _base_key("model", "b", spec, eval_cfg)
 
