@@ -338,9 +338,14 @@ class Reference:
 
     def nll_of(self, answers: dict[str, list[str]], batch_size: int) -> float | None:
         """The base model's NLL of `answers` ({benchmark: one per prompt})."""
-        prompts = [p for b in self.prompts for p in self.prompts[b][0]]
-        return answer_nll(self.model, self.tokenizer, prompts,
-                          [a for b in self.prompts for a in answers[b]], batch_size)
+        return prompts_nll(self.model, self.tokenizer, self.prompts, answers, batch_size)
+
+
+def prompts_nll(model, tokenizer, prompts: dict[str, tuple[list[str], int]],
+                answers: dict[str, list[str]], batch_size: int) -> float | None:
+    """`model`'s NLL of `answers` to the general prompts, all benchmarks together."""
+    return answer_nll(model, tokenizer, [p for b in prompts for p in prompts[b][0]],
+                      [a for b in prompts for a in answers[b]], batch_size)
 
 
 def reference_key(cfg: DictConfig, settings: Settings) -> str:
@@ -367,12 +372,11 @@ def build_reference(cfg: DictConfig, settings: Settings) -> Reference:
         raise ValueError("the run's eval.general holds no benchmark with questions: no KL to measure")
     answers = {b: greedy_answers(model, tokenizer, texts, n, settings.batch_size)
                for b, (texts, n) in prompts.items()}
-    reference = Reference(reference_key(cfg, settings), model, tokenizer, weights,
-                          ids, prompts, prompt_ids,
-                          mean_nll(model, ids, tokenizer.pad_token_id, settings.batch_size),
-                          answers, None, {**stats, "count": len(ids), "seed": ANALYSIS_SEED})
-    reference.answer_nll = reference.nll_of(answers, settings.batch_size)
-    return reference
+    return Reference(reference_key(cfg, settings), model, tokenizer, weights,
+                     ids, prompts, prompt_ids,
+                     mean_nll(model, ids, tokenizer.pad_token_id, settings.batch_size),
+                     answers, prompts_nll(model, tokenizer, prompts, answers, settings.batch_size),
+                     {**stats, "count": len(ids), "seed": ANALYSIS_SEED})
 
 
 class References:
