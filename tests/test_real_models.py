@@ -713,3 +713,20 @@ def test_the_documented_sweep_command_composes():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "method: task_only,freeze_half,ext_mix_ultrachat,sasft" in proc.stdout
+
+
+def test_smol_methods_stages_share_one_sweep_directory():
+    """Issue 22's experiment: the pilot, the grid and the mix-ratio arm land in one sweep, so the
+    pilot's runs are the comparison's."""
+    pilot = sweep_jobs("smol_methods", ["task=smol_gsm", "method=task_only,sasft", "seed=0,1"])
+    grid = sweep_jobs("smol_methods")
+    ratios = sweep_jobs("smol_methods", ["method=sasft", "mix_ratio=0.25,2"])
+    assert {(j.method.name, j.seed) for j in pilot} == {(m, s) for m in ("task_only", "sasft")
+                                                       for s in (0, 1)}
+    assert {j.method.name for j in grid} == {"task_only", "freeze_half", "l2_base", "ewc", "sdft",
+                                             "sasft", "ext_mix_chitchat"}
+    assert {j.method.mix_ratio for j in ratios} == {0.25, 2.0}
+    jobs = pilot + grid + ratios
+    assert {j.hydra.sweep.dir for j in jobs} == {"multirun/smol_methods"}
+    assert {(j.model.name, j.train.learning_rate, j.task.max_train_examples) for j in jobs} == {
+        ("smol", 1e-4, 400)}
