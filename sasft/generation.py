@@ -384,14 +384,71 @@ def cache_path(fingerprint: str, count: int, cfg, seed: int, cache_dir: str | Pa
     return Path(cache_dir) / "self_dialogues" / f"{name}.jsonl"
 
 
+def block_seed(seed: int, block: int) -> int:
+    """The seed block `block` of a seed's stream is drawn with (block 0: the seed itself), in the
+    namespace (training or held-out) of `seed`."""
+    namespace = seed & HELD_OUT_BASE
+    return namespace | (seed + 7_919_993 * block) % HELD_OUT_BASE
+
+
 def cached_self_dialogues(model, tokenizer, count: int, cfg, seed: int, fingerprint: str,
                           cache_dir: str | Path) -> tuple[list[Dialogue], dict]:
-    """Self-dialogues from the cache (sasft/cache.py), generated first if absent. The entry is
-    the dialogues and a `.meta.json` beside them, published last: it marks the entry made."""
+    """Self-dialogues from the cache (sasft/cache.py), generated first if absent. With
+    `cfg.block`, a count above it is the first `count` distinct dialogues of the seed's stream
+    of blocks (each `cfg.block` dialogues drawn with `block_seed`, cached on its own): a larger
+    mix ratio extends a smaller one's dialogues instead of drawing all of them again."""
     if count == 0:
         return [], {"kept": 0, "cached": False}
-    settings = {k: cfg[k] for k in _KEY_FIELDS}
     seed = generation_seed(cfg, seed)
+    size = cfg.get("block")
+    if not size or count <= size:
+        return _cached_set(model, tokenizer, count, cfg, seed, fingerprint, cache_dir)
+    kept, seen, parts = [], set(), []
+    while len(kept) < count:
+        if len(parts) > 2 * math.ceil(count / size):  # blocks of nothing but repeats
+            raise GenerationError(f"{len(parts)} blocks of {size} self-dialogues held only "
+                                  f"{len(kept)} distinct ones of the {count} needed")
+        block, stats = _cached_set(model, tokenizer, size, cfg, block_seed(seed, len(parts)),
+                                   fingerprint, cache_dir)
+        parts.append(stats)
+        for dialogue in block:
+            key = json.dumps(dialogue)
+            if key not in seen and len(kept) < count:
+                seen.add(key)
+                kept.append(dialogue)
+    return kept, block_stats(tokenizer, kept, parts)
+
+
+def block_stats(tokenizer, kept: list[Dialogue], parts: list[dict]) -> dict:
+    """One generation's statistics from its blocks': counts summed, each role's cut share
+    weighted by its turns and its lengths (as trained) over the dialogues kept; every block's
+    own statistics under "blocks"."""
+    merged: Counter = Counter()
+    for part in parts:
+        merged.update({k: v for k, v in part.items() if isinstance(v, int)
+                       and not isinstance(v, bool)})
+    merged["kept"] = len(kept)
+    out = dict(merged) | {"cached": all(p.get("cached") for p in parts), "blocks": parts}
+    if merged["turns"]:
+        out["truncation_rate"] = round(merged["truncated"] / merged["turns"], 4)
+    for role in ("user", "assistant"):
+        per_block = [p[f"{role}_turns"] for p in parts if p.get(f"{role}_turns")]
+        turns = [m["content"] for d in kept for m in d if m["role"] == role]
+        if per_block and turns:
+            total = sum(b["turns"] for b in per_block)
+            lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in turns]
+            out[f"{role}_turns"] = {
+                "turns": len(turns),
+                "cut_share": round(sum(b["cut_share"] * b["turns"] for b in per_block) / total, 4),
+                "tokens": _quantiles(lengths)}
+    return out
+
+
+def _cached_set(model, tokenizer, count: int, cfg, seed: int, fingerprint: str,
+                cache_dir: str | Path) -> tuple[list[Dialogue], dict]:
+    """`count` dialogues drawn with `seed`, from the cache or generated. The entry is the
+    dialogues and a `.meta.json` beside them, published last: it marks the entry made."""
+    settings = {k: cfg[k] for k in _KEY_FIELDS}
     path = cache_path(fingerprint, count, cfg, seed, cache_dir)
 
     progress = path.with_suffix(".partial.jsonl")  # what an unfinished generation kept

@@ -258,6 +258,7 @@ class GenerationSchema:
     truncated: str = limits(choices=("drop", "cut"))
     min_yield: float = limits(above=0.0, max=1.0)  # 0 would never stop a hopeless generation
     per_seed: bool = MISSING
+    block: Optional[int] = limits(None, min=1)  # dialogues per block of a seed's stream
     sample_size: int = limits(min=0)
     vllm_gpu_memory_utilization: float = limits(above=0.0, max=1.0)
     # The hf backend drops each dialogue from the batch once its turn has ended

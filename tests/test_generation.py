@@ -256,3 +256,30 @@ def test_a_training_seed_outside_numpys_range_is_refused(make_cfg):
 
     with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2147483647\], got 2147483648"):
         validate(make_cfg(f"seed={2**31}"))
+
+
+def test_a_larger_mix_extends_a_smaller_ones_blocks(toy, tmp_path):
+    """generation.block: a count above the block is the seed's stream of blocks, so a larger
+    mix ratio reuses a smaller one's dialogues; a count up to it is one plain draw, the same as
+    without blocks."""
+    model, tokenizer, cfg = toy
+    blocked = gen_cfg(cfg, block=4, batch_size=8)
+    plain = gen_cfg(cfg, block=None, batch_size=8)
+
+    def draw(gen, count, seed=0):
+        return generation.cached_self_dialogues(model, tokenizer, count, gen, seed, "fp", tmp_path)
+
+    first = draw(blocked, 4)[0]
+    assert first == draw(plain, 4)[0]                         # block 0 is the seed's plain draw
+    six, stats6 = draw(blocked, 6)
+    ten, stats10 = draw(blocked, 10)
+    assert six[:4] == first and ten[:6] == six                # nested: each extends the last
+    assert len({str(d) for d in ten}) == 10
+    assert ten != draw(plain, 10)[0]                          # blocks are other draws than one
+    assert draw(blocked, 10, seed=1)[0][:4] == draw(plain, 4, seed=1)[0] != first
+    assert len(stats10["blocks"]) == 3 and stats10["kept"] == 10 and stats10["cached"] is False
+    assert stats6["cached"] is False and draw(blocked, 6)[1]["cached"] is True  # made, then read
+    assert stats10["assistant_turns"]["turns"] == 10 * blocked.num_turns and 0 <= stats10["truncation_rate"] <= 1
+    assert generation.block_seed(0, 0) == 0 and generation.block_seed(3, 2) != 3
+    held = generation.HELD_OUT_BASE + 5
+    assert generation.block_seed(held, 7) > generation.MAX_TRAINING_SEED
