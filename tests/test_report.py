@@ -280,3 +280,39 @@ def test_rendering_a_report_imports_neither_torch_nor_the_analysis():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_report_says_what_the_mixing_methods_trained_on(tmp_path):
+    def turns(cut, median, q90):
+        quantiles = {"q10": 1, "q25": 2, "median": median, "q75": median, "q90": q90, "max": q90,
+                     "mean": median}
+        return {"turns": 10, "cut_share": cut, "tokens": quantiles, "tokens_written": quantiles}
+
+    sweep = tmp_path / "sweep"
+    finals = {"t": 0.9, "g1": 0.5, "g2": 0.4}
+    for seed, cut in ((0, 0.1), (1, 0.3)):
+        run = write_run(sweep, "sasft", 1.0, seed, finals)
+        results = json.loads((run / "results.json").read_text())
+        results["mix"] = {"task": 10, "auxiliary": 10, "auxiliary_stats": {
+            "user_turns": turns(0.0, 30, 120), "assistant_turns": turns(cut, 300 + seed * 100, 1000)}}
+        (run / "results.json").write_text(json.dumps(results))
+        (run / "auxiliary_sample.jsonl").write_text(json.dumps({"messages": [
+            {"role": "user", "content": f"Tell me about owls ({seed})."},
+            {"role": "assistant", "content": "Owls hunt at night."}]}) + "\n")
+    run = write_run(sweep, "ext_mix", 1.0, 0, finals)
+    results = json.loads((run / "results.json").read_text())
+    results["mix"] = {"task": 10, "auxiliary": 10, "auxiliary_stats": {"corpus": "/x/chats.jsonl"}}
+    (run / "results.json").write_text(json.dumps(results))
+    write_run(sweep, "task_only", 1.0, 0, finals)
+
+    report.build_report(sweep)
+    text = (sweep / "report" / "report.md").read_text()
+    section = text.split("## What the mixing methods trained on")[1].split("\n## ")[0]
+    rows = {line.split(" | ")[1]: line for line in section.splitlines()
+            if line.startswith("| m | ")}
+    assert set(rows) == {"sasft", "ext_mix"}  # task_only mixes nothing
+    # Two runs: the cut share and lengths are their means; the first run's first dialogue.
+    assert "| 2 | 10 | self-dialogues | 0.0% | 20.0% | 30 / 120 | 350 / 1000 | 350 / 1000 |" \
+        in rows["sasft"]
+    assert "| 1 | 10 | chats.jsonl | – | – | – | – | – |" in rows["ext_mix"]
+    assert "| sasft | Tell me about owls (0). | Owls hunt at night. |" in section

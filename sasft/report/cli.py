@@ -35,7 +35,7 @@ from .runs import (Run, WhereError, family, find_runs, label_variants, ordered, 
                    select, write_csv)
 from .equal import equal_lines
 from .power import plan_lines
-from .sections import (drift_lines, example_lines, figure_md, kl_lines, md_table,
+from .sections import (auxiliary_lines, drift_lines, example_lines, figure_md, kl_lines, md_table,
                        not_learned_lines, plane_lines)
 
 log = logging.getLogger(__name__)
@@ -213,6 +213,7 @@ def render(report: Report, sweep_dir: Path, how: str, figures: list[tuple],
              "## Figure 3: in-domain score during training", "", figure_md(*figures[1]), "",
              "## KL from the base during training", "", *sections["kl"], "",
              "## What forgetting looks like", "", *sections["examples"], "",
+             "## What the mixing methods trained on", "", *sections["auxiliary"], "",
              "## Drift", "", *sections["drift"], "", "## Missing runs", ""]
     lines += [f"- `{d}`: {why}" for d, why in report.missing] or ["None."]
     return "\n".join(lines) + "\n"
@@ -275,6 +276,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
                 "equal": equal_lines(runs, ratio, out_dir),
                 "kl": kl_lines(runs, ratio, out_dir, axis),
                 "examples": example_lines(runs, ratio),
+                "auxiliary": auxiliary_lines(runs),
                 "drift": drift_lines(runs, ratio, out_dir)}
     report = Report(out_dir, table, runs, missing, ratio, headline(table),
                     sorted(out_dir.glob("*.png")), list(where), judged, learned)

@@ -138,6 +138,69 @@ def kl_lines(runs: list[Run], ratio: float | None, out_dir: Path, axis: str) -> 
             *(figure_md(p) + "\n" for p in paths)]
 
 
+# --- what the mixing methods trained on ----------------------------------------------------
+
+SAMPLE_FILE = "auxiliary_sample.jsonl"  # sasft/pipeline.py: the first dialogues of a run's mix
+
+
+def _turns(stats: dict, role: str, key: str) -> tuple[float, float] | None:
+    """(median, q90) tokens of a role's turns in a run's auxiliary stats, or None."""
+    turns = (stats.get(f"{role}_turns") or {}).get(key)
+    return (turns["median"], turns["q90"]) if turns else None
+
+
+def _mean_pair(pairs: list[tuple[float, float]]) -> str:
+    if not pairs:
+        return "–"
+    return " / ".join(f"{sum(p[i] for p in pairs) / len(pairs):.0f}" for i in (0, 1))
+
+
+def _mean_share(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.1%}" if values else "–"
+
+
+def auxiliary_lines(runs: list[Run]) -> list[str]:
+    """What each mixing method trained on besides the task (mix.auxiliary_stats): how many
+    dialogues, the share of turns cut at the token limit, their lengths, and one example."""
+    mixing = [r for r in runs if r.results.get("mix", {}).get("auxiliary")]
+    if not mixing:
+        return ["No run mixed auxiliary dialogues into its training data."]
+    rows, examples = [], []
+    for key in sorted({(r.model, r.label, r.ratio) for r in mixing}, key=str):
+        mine = sorted((r for r in mixing if (r.model, r.label, r.ratio) == key),
+                      key=lambda r: (r.task, r.seed))
+        stats = [r.results["mix"].get("auxiliary_stats") or {} for r in mine]
+        source = next((s["corpus"] for s in stats if "corpus" in s), "self-dialogues")
+        cut = {role: [s[f"{role}_turns"]["cut_share"] for s in stats if s.get(f"{role}_turns")]
+               for role in ("user", "assistant")}
+        rows.append([*map(str, key), len(mine),
+                     f"{sum(r.results['mix']['auxiliary'] for r in mine) / len(mine):.0f}",
+                     md_cell(Path(source).name if "/" in source else source, 40),
+                     _mean_share(cut["user"]), _mean_share(cut["assistant"]),
+                     _mean_pair([p for s in stats if (p := _turns(s, "user", "tokens"))]),
+                     _mean_pair([p for s in stats if (p := _turns(s, "assistant", "tokens"))]),
+                     _mean_pair([p for s in stats
+                                 if (p := _turns(s, "assistant", "tokens_written"))])])
+        sample = mine[0].dir / SAMPLE_FILE
+        if sample.is_file() and (line := sample.read_text().partition("\n")[0]):
+            turns = json.loads(line)["messages"]
+            examples.append([key[1], *(md_cell(m["content"], 240) for m in turns[:2])])
+    lines = ["Per model, method and mix ratio: the auxiliary dialogues each run trained on (mean "
+             "over its runs). A turn is cut when it reached the generation limit and was kept up "
+             "to its last sentence; tokens are median / q90 per run, as trained, and for the "
+             "answers as the model wrote them (a cut answer counts the limit: at least that "
+             "long), where the run recorded it (a mix drawn in blocks keeps that per block, "
+             "mix.auxiliary_stats.blocks). External corpora record no turn statistics.", "",
+             *md_table(["model", "method", "ratio", "runs", "dialogues", "source",
+                        "user turns cut", "answers cut", "user tokens", "answer tokens",
+                        "answer tokens as written"], rows)]
+    if examples:
+        lines += ["", "The first dialogue of each method's first run (`auxiliary_sample.jsonl`; "
+                  "long turns cut here at 240 characters):", "",
+                  *md_table(["method", "user", "assistant"], examples)]
+    return lines
+
+
 # --- what forgetting looks like ------------------------------------------------------------
 
 
