@@ -114,7 +114,8 @@ def complete(model, tokenizer, prompts: list[str], cfg, stats: Counter | None = 
         if cfg.get("drop_finished", True):  # each row leaves the batch when its turn ends
             out = decode(model, batch["input_ids"], batch["attention_mask"], cfg.max_new_tokens,
                          stop, tokenizer.pad_token_id,
-                         picker(cfg.temperature, cfg.top_p, cfg.top_k) if sampling else None)
+                         picker(cfg.temperature, cfg.top_p, cfg.top_k) if sampling else None,
+                         trim_padding=True)
         else:
             out = model.generate(
                 **batch,

@@ -9,7 +9,8 @@ import torch
 from omegaconf import open_dict
 from transformers.cache_utils import DynamicLayer
 
-from sasft.decode import GrowingLayer, decode, picker
+from sasft import decode as decode_module
+from sasft.decode import GrowingLayer, decode, length_groups, picker, trim_columns
 from sasft.evaluate import evaluate_items
 from sasft.generation import stop_ids, turn_header
 from sasft.model import load_model
@@ -62,6 +63,65 @@ def test_greedy_decoding_writes_what_generate_writes(toy):
     assert torch.equal(got, expected)
     ends = [(row == tokenizer.eos_token_id).nonzero().numel() > 0 for row in got[:, batch["input_ids"].shape[1]:]]
     assert any(ends) and got.shape[1] < batch["input_ids"].shape[1] + 40  # rows ended early
+
+
+def _recorded(trim, mask, cache, widths):
+    mask = trim(mask, cache)
+    widths.append(mask.shape[1])
+    return mask
+
+
+def test_rows_of_very_different_lengths_are_prefilled_in_groups_with_the_same_tokens(
+        toy, monkeypatch):
+    """A long prompt among short ones: the prompt pass runs in length groups and the padding
+    is trimmed once the long row has left, and decoding still writes generate's tokens
+    (greedy) and the untrimmed batch's draws (sampled)."""
+    model, tokenizer, _ = toy
+    long = "Tell me a story about " + " and ".join(["a red fox"] * 30) + "."
+    questions = ["Hi", "What is 12 plus 7?", long, "Is 3417 odd or even?"]
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                             add_generation_prompt=True) for q in questions]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    groups = length_groups(batch["attention_mask"].sum(-1).tolist())
+    assert len(groups) > 1 and groups[0] == [2]  # the long prompt alone
+    stop = stop_ids(model, tokenizer)
+    expected = _generate(model, tokenizer, batch, 30)
+    widths, trim_columns = [], decode_module.trim_columns
+    monkeypatch.setattr(decode_module, "trim_columns",
+                        lambda mask, cache: _recorded(trim_columns, mask, cache, widths))
+    assert torch.equal(decode(model, batch["input_ids"], batch["attention_mask"], 30, stop,
+                              tokenizer.pad_token_id, trim_padding=True), expected)
+    assert widths and min(widths) < batch["input_ids"].shape[1] // 4  # the long row's padding went
+    sampled = []
+    for trim in (True, False):
+        torch.manual_seed(5)
+        sampled.append(decode(model, batch["input_ids"], batch["attention_mask"], 30, stop,
+                              tokenizer.pad_token_id, picker(1.0, 1.0, 50), trim_padding=trim))
+    assert torch.equal(*sampled)
+
+
+def test_padding_no_remaining_row_needs_leaves_the_mask_and_the_cache():
+    from transformers import DynamicCache
+
+    layer = GrowingLayer()
+    keys = torch.arange(2 * 5, dtype=torch.float).reshape(2, 1, 5, 1)
+    layer.update(keys, -keys)
+    cache = DynamicCache()
+    cache.layers = [layer]
+    mask = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]])  # the long row has left already
+    trimmed = trim_columns(mask, cache)
+    assert trimmed.tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert torch.equal(layer.keys, keys[..., 2:, :]) and torch.equal(layer.values, -keys[..., 2:, :])
+    assert layer.get_seq_length() == 3 and trim_columns(trimmed, cache) is trimmed
+    layer.update(torch.ones(2, 1, 1, 1), torch.ones(2, 1, 1, 1))  # appends after the trim
+    assert layer.keys.shape[-2] == 4 and layer.keys[0, 0, -1, 0] == 1
+
+
+def test_length_groups_bound_each_groups_padding():
+    # Longest first; a row joins while at least half the group's longest.
+    assert length_groups([10, 1300, 12, 700, 600, 40, 25]) == [[1, 3], [4], [5, 6], [2, 0]]
+    assert length_groups([5]) == [[0]]
 
 
 def test_one_sampled_row_draws_what_generate_draws(toy):
