@@ -131,6 +131,31 @@ def test_the_detectable_difference_shrinks_with_seeds_and_items():
     assert parts.detectable(16, 800) < parts.detectable(8, 800) < parts.detectable(8, 200)
 
 
+def test_the_plan_of_a_mean_over_benchmarks_pools_their_items():
+    """The general change is a weighted mean over benchmarks: its pooled matrix has that mean
+    for every seed, and its detectable difference is about the bootstrap's, and smaller than
+    one benchmark's alone."""
+    rng = np.random.default_rng(11)
+    shifts = np.linspace(-0.05, 0.05, 8)  # a seed effect, and independent item noise
+    parts = {"g1": (400, 1.0), "g2": (100, 3.0)}
+    per_seed = {}
+    for seed, shift in enumerate(shifts):
+        per_seed[seed] = []
+        for name, (n, weight) in parts.items():
+            values = shift + rng.choice([-1.0, 0.0, 1.0], size=n, p=[0.2, 0.6, 0.2])
+            per_seed[seed].append((name, float(values.mean()), list(values), weight))
+    both = stats.sample(per_seed)
+    pooled = stats.pooled_matrix(both)
+    assert pooled.shape == (8, 500)
+    assert pooled.mean(axis=1) == pytest.approx(both.points)
+    planned = stats.components(pooled)
+    # The truth: the weights are 1/4 and 3/4, the noise's variance 0.4 an item.
+    truth = 2.80 * np.sqrt((np.var(shifts, ddof=1) + (0.25 ** 2 * 0.4 / 400 + 0.75 ** 2 * 0.4 / 100)) / 8)
+    assert planned.detectable(8, 500) == pytest.approx(truth, rel=0.3)
+    alone = stats.components(both.parts[1].matrix)  # g2 alone: its 100 items
+    assert planned.detectable(8, 500) < alone.detectable(8, 100)
+
+
 def test_plan_answers_the_design_question(tmp_path, capsys):
     for seed, p in enumerate((0.3, 0.4, 0.5)):
         a = vector(p, seed)
@@ -139,6 +164,7 @@ def test_plan_answers_the_design_question(tmp_path, capsys):
     report.main([str(tmp_path), "--plan", "--detect", "0.05"])
     out = capsys.readouterr().out
     assert "## general scenarios" in out and "the runs have 3 seeds x 200 items" in out
+    assert "## general change" in out
     assert "| seeds | 200 items | 400 items | 1000 items |" in out
     assert "To detect 0.05:" in out
     assert not (tmp_path / "report").exists()  # the plan writes nothing

@@ -13,7 +13,7 @@ import numpy as np
 
 from .runs import Run, at_reference, family, ordered
 from .stats import (CHANGE_RANGE, SCORE_RANGE, Components, Sample, Stat, bootstrap, components,
-                    decide, difference, sample)
+                    decide, difference, pooled_matrix, sample)
 
 HEADLINE_METHOD, HEADLINE_NAME = "sasft", "SA-SFT"
 BASELINE_METHOD, BASELINE_NAME = "task_only", "task-only"
@@ -114,7 +114,7 @@ class Pair:
     diff: Stat | None  # None: no common seed
     verdict: str  # better, worse, not distinguishable, or LEFT_OUT
     note: str = ""
-    components: Components | None = None  # of a one-benchmark difference (power.py's plan)
+    components: Components | None = None  # of the difference's items (power.py's plan)
 
     def text(self) -> str:
         if self.diff is None:
@@ -159,7 +159,8 @@ def pair(method: str, reference: str, a: Sample, b: Sample, left_out: set[str]) 
     if not smp.replicated:
         notes = ["one seed, no per-item scores: nothing to resample"]
     diff = bootstrap(smp, CHANGE_RANGE)
-    parts = components(smp.parts[0].matrix) if len(smp.parts) == 1 else None
+    parts = components(smp.parts[0].matrix if len(smp.parts) == 1 else pooled_matrix(smp)) \
+        if smp.items or len(smp.parts) == 1 else None
     skipped = sorted(left_out & {method, reference})
     if skipped:
         return Pair(method, reference, diff, LEFT_OUT, f"{', '.join(skipped)} did not learn",

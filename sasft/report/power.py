@@ -51,7 +51,10 @@ def plan_lines(table: list[Scenario], detect: float) -> list[str]:
              f"0.05 is {POWER_FACTOR:.2f} standard errors of the paired difference; its "
              "variance, from this sweep's paired comparisons (every pair of methods, each kind "
              "of scenario averaged), is seed / S + item / n + residual / (S n)."]
-    for kind, name in (("in_domain", "in-domain scenarios"), ("general", "general scenarios")):
+    for kind, name in (("in_domain", "in-domain scenarios"), ("general", "general scenarios"),
+                       ("general_change", "general change (a model and task's mean over its "
+                        "general benchmarks; items: all of theirs, each benchmark's scaled to "
+                        "its weight)")):
         c = pooled_components(table, kind)
         if c is None:
             lines += ["", f"## {name}", "", "No paired comparison to learn from."]

@@ -223,6 +223,16 @@ class Components:
         return POWER_FACTOR * self.se(seeds, items)
 
 
+def pooled_matrix(smp: Sample) -> np.ndarray:
+    """A per-item sample's parts side by side, each column scaled so that the mean over all
+    columns is the sample's weighted mean over parts (a part of n of N items, weight w of W:
+    x (w / W) (N / n)): the seeds x items matrix of a mean over benchmarks, for `components`."""
+    total_items = sum(p.matrix.shape[1] for p in smp.parts)
+    total_weight = sum(p.weight for p in smp.parts)
+    return np.concatenate([p.matrix * (p.weight / total_weight) * (total_items / p.matrix.shape[1])
+                           for p in smp.parts], axis=1)
+
+
 def components(matrix: np.ndarray) -> Components:
     """Two-way random-effects ANOVA (expected mean squares) of a seeds x items matrix; a
     negative estimate is set to 0. With one seed, the seed's share is unknown (0); with one
